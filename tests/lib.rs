@@ -1,0 +1,1 @@
+//! End-to-end suite; the tests live in `tests/tests/`.
