@@ -1,0 +1,626 @@
+//! The file's structure, one function per table: each reads its keys (reporting unknown ones),
+//! converts them into typed values with the defaults of [`crate::defaults`], and checks the rules
+//! that span several keys or tables (duplicate names and addresses, references between routes,
+//! listeners and pools).
+//!
+//! Every function reads all of its keys before giving up, so one pass reports every error; a
+//! function returns `None` when something in it was reported.
+
+use std::net::SocketAddr;
+use std::ops::Range;
+
+use crate::defaults;
+use crate::matchers;
+use crate::model::{
+    Backend, Balance, Config, HeaderMatch, Limits, Listener, ListenerMode, Pool, Relay, RelayMode,
+    Route, Timeouts,
+};
+use crate::read::{Item, Keys, Reader, Table, Value, did_you_mean, quoted_list};
+
+const ROOT: Keys = Keys {
+    known: &[
+        "listeners",
+        "routes",
+        "pools",
+        "timeouts",
+        "limits",
+        "relay",
+    ],
+    later: &[(
+        "admin",
+        "the admin listener for /metrics and /healthz comes in a later release",
+    )],
+};
+
+const LISTENER: Keys = Keys {
+    known: &[
+        "name",
+        "listen",
+        "mode",
+        "unknown_host_status",
+        "trusted_proxies",
+    ],
+    later: &[("tls", "TLS termination comes in a later release")],
+};
+
+const ROUTE: Keys = Keys {
+    known: &[
+        "listener",
+        "host",
+        "path_prefix",
+        "path_exact",
+        "headers",
+        "pool",
+    ],
+    later: &[(
+        "allowed_origins",
+        "Origin allow-lists come in a later release",
+    )],
+};
+
+const HEADER: Keys = Keys {
+    known: &["name", "value"],
+    later: &[],
+};
+
+const POOL: Keys = Keys {
+    known: &["balance", "connect_attempts", "backends"],
+    later: &[("hash_key", "consistent hashing comes in a later release")],
+};
+
+const BACKEND: Keys = Keys {
+    known: &["addr", "weight"],
+    later: &[],
+};
+
+const TIMEOUTS: Keys = Keys {
+    known: &[
+        "handshake",
+        "connect",
+        "response",
+        "tunnel_idle",
+        "shutdown",
+    ],
+    later: &[],
+};
+
+const LIMITS: Keys = Keys {
+    known: &["max_head_bytes", "max_headers", "max_connections"],
+    later: &[],
+};
+
+const RELAY: Keys = Keys {
+    known: &["mode", "pipe_size", "max_pipes", "buffer_size"],
+    later: &[],
+};
+
+const ADDR: &str = "an IP:port address such as \"127.0.0.1:8080\"";
+const NAME: &str = "a name such as \"public\"";
+
+/// The whole document.
+pub(crate) fn config(r: &mut Reader<'_>, root: &Value<'_>) -> Option<Config> {
+    let root = Item::root(root).table(r, &ROOT)?;
+
+    let (listeners, listener_names) = listeners(r, &root);
+    let (pools, pool_names) = pools(r, &root);
+    let routes = routes(r, &root, listener_names.as_deref(), pool_names.as_deref());
+    let timeouts = match root.get("timeouts") {
+        Some(item) => timeouts(r, item),
+        None => Some(Timeouts::default()),
+    };
+    let limits = match root.get("limits") {
+        Some(item) => limits(r, item),
+        None => Some(Limits::default()),
+    };
+    let relay = match root.get("relay") {
+        Some(item) => relay(r, item),
+        None => Some(Relay::default()),
+    };
+
+    Some(Config {
+        listeners: listeners?,
+        routes: routes?,
+        pools: pools?,
+        timeouts: timeouts?,
+        limits: limits?,
+        relay: relay?,
+    })
+}
+
+/// A listener name as written, and where, for duplicate checks and references (kept even when
+/// the listener has other errors, so a route naming it is not reported as well).
+struct Declared {
+    name: String,
+    span: Range<usize>,
+}
+
+/// The listeners, and their names for routes to refer to. The names are `None` when there are
+/// none or some cannot be known (a listener without a string `name`): routes are then not
+/// checked against them, since the error already reported is the cause.
+fn listeners(
+    r: &mut Reader<'_>,
+    root: &Table<'_, '_>,
+) -> (Option<Vec<Listener>>, Option<Vec<String>>) {
+    let Some(item) = root.require(r, "listeners", "at least one [[listeners]] table") else {
+        return (None, None);
+    };
+    let Some(items) = item.array(r, "an array of tables ([[listeners]])") else {
+        return (None, None);
+    };
+    if items.is_empty() {
+        r.report(&item, "at least one [[listeners]] table is required");
+    }
+    let unnamed = items.iter().any(|item| {
+        let name = item.value.get_ref().as_table().and_then(|t| t.get("name"));
+        name.is_none_or(|name| !name.get_ref().is_str())
+    });
+    let mut names: Vec<Declared> = Vec::new();
+    let mut addrs: Vec<(SocketAddr, Range<usize>)> = Vec::new();
+    let all = collect(
+        items
+            .into_iter()
+            .map(|item| listener(r, item, &mut names, &mut addrs)),
+    );
+    (
+        all.filter(|all| !all.is_empty()),
+        (!unnamed && !names.is_empty()).then(|| names.into_iter().map(|d| d.name).collect()),
+    )
+}
+
+fn listener(
+    r: &mut Reader<'_>,
+    item: Item<'_, '_>,
+    names: &mut Vec<Declared>,
+    addrs: &mut Vec<(SocketAddr, Range<usize>)>,
+) -> Option<Listener> {
+    let t = item.table(r, &LISTENER)?;
+
+    let name = t.require(r, "name", NAME).and_then(|item| {
+        let text = item.str(r)?;
+        let first = names
+            .iter()
+            .find(|d| d.name == text)
+            .map(|d| d.span.clone());
+        if let Some(first) = first {
+            let line = r.line(&first);
+            r.report(
+                &item,
+                format_args!("duplicate listener name \"{text}\" (first used on line {line})"),
+            );
+            return None;
+        }
+        names.push(Declared {
+            name: text.to_owned(),
+            span: item.span(),
+        });
+        checked(r, &item, matchers::name(text))
+    });
+
+    let listen = t.require(r, "listen", ADDR).and_then(|item| {
+        let addr = item.socket_addr(r)?;
+        // Port 0 ("any free port") is left to the start-up code, which binds it; two listeners
+        // on port 0 do not clash.
+        if addr.port() != 0 {
+            let clash = addrs.iter().find(|(other, _)| {
+                other.port() == addr.port()
+                    && (*other == addr
+                        || (other.is_ipv4() == addr.is_ipv4()
+                            && (other.ip().is_unspecified() || addr.ip().is_unspecified())))
+            });
+            if let Some((other, span)) = clash {
+                let line = r.line(span);
+                let problem = if *other == addr {
+                    format!("address {addr} is already used by the listener on line {line}")
+                } else {
+                    format!("address {addr} overlaps {other} of the listener on line {line}")
+                };
+                r.report(&item, problem);
+                return None;
+            }
+            addrs.push((addr, item.span()));
+        }
+        Some(addr)
+    });
+
+    let mode = t.optional("mode", defaults::LISTENER_MODE, |item| {
+        item.choice(
+            r,
+            &[("http", ListenerMode::Http)],
+            &[
+                ("tcp", "tcp listeners come in a later release"),
+                (
+                    "tls-passthrough",
+                    "tls-passthrough listeners come in a later release",
+                ),
+            ],
+        )
+    });
+
+    let unknown_host_status = t.optional(
+        "unknown_host_status",
+        defaults::UNKNOWN_HOST_STATUS,
+        |item| {
+            item.int(r, 100..=599u16).and_then(|status| {
+                if defaults::UNKNOWN_HOST_STATUSES.contains(&status) {
+                    Some(status)
+                } else {
+                    let expected = "expected 404 (Not Found) or 421 (Misdirected Request)";
+                    r.report(&item, format_args!("{status} is not allowed; {expected}"));
+                    None
+                }
+            })
+        },
+    );
+
+    let trusted_proxies = t.optional("trusted_proxies", Vec::new(), |item| {
+        item.array(r, "an array of addresses or CIDRs")
+            .and_then(|items| {
+                collect(items.into_iter().map(|item| {
+                    let text = item.str(r)?;
+                    checked(r, &item, matchers::network(text))
+                }))
+            })
+    });
+
+    Some(Listener {
+        name: name?,
+        listen: listen?,
+        mode: mode?,
+        unknown_host_status: unknown_host_status?,
+        trusted_proxies: trusted_proxies?,
+    })
+}
+
+/// The pools, and their names for routes to refer to (`None` when there are none, an error
+/// already reported).
+fn pools(r: &mut Reader<'_>, root: &Table<'_, '_>) -> (Option<Vec<Pool>>, Option<Vec<String>>) {
+    let Some(item) = root.require(r, "pools", POOLS_EXAMPLE) else {
+        return (None, None);
+    };
+    let Some(entries) = item.entries(r) else {
+        return (None, None);
+    };
+    if entries.is_empty() {
+        r.report(
+            &item,
+            format_args!("at least one pool is required; expected {POOLS_EXAMPLE}"),
+        );
+    }
+    let names: Vec<String> = entries
+        .iter()
+        .map(|(key, _)| key.get_ref().to_string())
+        .collect();
+    let all = collect(entries.into_iter().map(|(key, item)| {
+        // A pool's name is its key: report a bad one there, not at the table.
+        let name = match matchers::name(key.get_ref()) {
+            Ok(name) => Some(name),
+            Err(problem) => {
+                r.error(key.span(), format!("{}: {problem}", item.path));
+                None
+            }
+        };
+        pool(r, name, item)
+    }));
+    (
+        all.filter(|all| !all.is_empty()),
+        (!names.is_empty()).then_some(names),
+    )
+}
+
+const POOLS_EXAMPLE: &str =
+    "at least one pool, such as [pools.main] with backends = [\"127.0.0.1:9001\"]";
+
+fn pool(r: &mut Reader<'_>, name: Option<String>, item: Item<'_, '_>) -> Option<Pool> {
+    let t = item.table(r, &POOL)?;
+
+    let balance = t.optional("balance", defaults::BALANCE, |item| {
+        item.choice(
+            r,
+            &[
+                ("round_robin", Balance::RoundRobin),
+                ("least_conn", Balance::LeastConn),
+            ],
+            &[("hash", "consistent hashing comes in a later release")],
+        )
+    });
+
+    let connect_attempts = t.optional("connect_attempts", defaults::CONNECT_ATTEMPTS, |item| {
+        item.int(r, defaults::CONNECT_ATTEMPTS_RANGE)
+    });
+
+    let backends = t
+        .require(
+            r,
+            "backends",
+            "an array of backend addresses, such as [\"127.0.0.1:9001\"]",
+        )
+        .and_then(|item| {
+            let elements = item.array(r, "an array of backends")?;
+            if elements.is_empty() {
+                r.report(
+                    &item,
+                    "a pool needs at least one backend, such as [\"127.0.0.1:9001\"]",
+                );
+                return None;
+            }
+            let mut seen: Vec<(SocketAddr, String)> = Vec::new();
+            collect(elements.into_iter().map(|element| {
+                let backend = backend(r, element.clone())?;
+                if let Some((_, first)) = seen.iter().find(|(addr, _)| *addr == backend.addr) {
+                    r.report(
+                        &element,
+                        format_args!("duplicate backend {}; it is already {first}", backend.addr),
+                    );
+                    return None;
+                }
+                seen.push((backend.addr, element.path));
+                Some(backend)
+            }))
+        });
+
+    Some(Pool {
+        name: name?,
+        balance: balance?,
+        backends: backends?,
+        connect_attempts: connect_attempts?,
+    })
+}
+
+/// `"10.0.0.1:9000"` or `{ addr = "10.0.0.1:9000", weight = 2 }`.
+fn backend(r: &mut Reader<'_>, item: Item<'_, '_>) -> Option<Backend> {
+    let (addr, weight) = if item.value.get_ref().is_str() {
+        (backend_addr(r, &item), Some(defaults::WEIGHT))
+    } else if item.value.get_ref().is_table() {
+        let t = item.table(r, &BACKEND)?;
+        let addr = t
+            .require(r, "addr", ADDR)
+            .and_then(|item| backend_addr(r, &item));
+        let weight = t.optional("weight", defaults::WEIGHT, |item| {
+            item.int(r, defaults::WEIGHT_RANGE)
+        });
+        (addr, weight)
+    } else {
+        item.mismatch(
+            r,
+            "a backend: \"IP:port\" or { addr = \"IP:port\", weight = N }",
+        );
+        return None;
+    };
+    Some(Backend {
+        addr: addr?,
+        weight: weight?,
+    })
+}
+
+fn backend_addr(r: &mut Reader<'_>, item: &Item<'_, '_>) -> Option<SocketAddr> {
+    let addr = item.socket_addr(r)?;
+    if addr.port() == 0 {
+        r.report(item, format_args!("{addr}: port 0 cannot be connected to"));
+        return None;
+    }
+    if addr.ip().is_unspecified() || addr.ip().is_multicast() {
+        r.report(
+            item,
+            format_args!(
+                "{addr} is not a backend address; expected the address of one server, \
+                 such as \"127.0.0.1:9001\""
+            ),
+        );
+        return None;
+    }
+    Some(addr)
+}
+
+fn routes(
+    r: &mut Reader<'_>,
+    root: &Table<'_, '_>,
+    listeners: Option<&[String]>,
+    pools: Option<&[String]>,
+) -> Option<Vec<Route>> {
+    let Some(item) = root.get("routes") else {
+        return Some(Vec::new());
+    };
+    let items = item.array(r, "an array of tables ([[routes]])")?;
+    collect(
+        items
+            .into_iter()
+            .map(|item| route(r, item, listeners, pools)),
+    )
+}
+
+fn route(
+    r: &mut Reader<'_>,
+    item: Item<'_, '_>,
+    listeners: Option<&[String]>,
+    pools: Option<&[String]>,
+) -> Option<Route> {
+    let t = item.table(r, &ROUTE)?;
+
+    let listener = t
+        .require(r, "listener", "the name of a listener")
+        .and_then(|item| reference(r, &item, "listener", listeners));
+
+    let host = t.optional("host", None, |item| {
+        item.str(r)
+            .and_then(|text| checked(r, &item, matchers::host(text)))
+            .map(Some)
+    });
+
+    let prefix = t.get("path_prefix");
+    let exact = t.get("path_exact");
+    let path = match (prefix, exact) {
+        (Some(_), Some(exact)) => {
+            r.report(
+                &exact,
+                "path_prefix and path_exact cannot both be set; keep one",
+            );
+            None
+        }
+        (Some(item), None) | (None, Some(item)) => {
+            let is_exact = item.path.ends_with("path_exact");
+            item.str(r)
+                .and_then(|text| checked(r, &item, matchers::path(text, is_exact)))
+                .map(Some)
+        }
+        (None, None) => Some(None),
+    };
+
+    let headers = t.optional("headers", Vec::new(), |item| {
+        item.array(
+            r,
+            "an array of header matches, such as [{ name = \"X-Tenant\", value = \"blue\" }]",
+        )
+        .and_then(|items| collect(items.into_iter().map(|item| header(r, item))))
+    });
+
+    let pool = t
+        .require(r, "pool", "the name of a pool")
+        .and_then(|item| reference(r, &item, "pool", pools));
+
+    Some(Route {
+        listener: listener?,
+        host: host?,
+        path: path?,
+        headers: headers?,
+        pool: pool?,
+    })
+}
+
+/// A string naming one of `declared` (anything when `declared` is unknown).
+fn reference(
+    r: &mut Reader<'_>,
+    item: &Item<'_, '_>,
+    kind: &str,
+    declared: Option<&[String]>,
+) -> Option<String> {
+    let text = item.str(r)?;
+    let Some(declared) = declared else {
+        return Some(text.to_owned());
+    };
+    if declared.iter().any(|d| d == text) {
+        return Some(text.to_owned());
+    }
+    let names: Vec<&str> = declared.iter().map(String::as_str).collect();
+    let hint = match did_you_mean(text, &names) {
+        Some(m) => format!("; did you mean \"{m}\"?"),
+        None if names.is_empty() => String::new(),
+        None => format!("; the {kind}s are {}", quoted_list(&names)),
+    };
+    r.report(item, format_args!("no {kind} named \"{text}\"{hint}"));
+    None
+}
+
+/// `{ name = "X-Tenant", value = "blue" }` or `{ name = "X-Beta" }`.
+fn header(r: &mut Reader<'_>, item: Item<'_, '_>) -> Option<HeaderMatch> {
+    let t = item.table(r, &HEADER)?;
+    let name = t
+        .require(r, "name", "a header name such as \"X-Tenant\"")
+        .and_then(|item| {
+            let text = item.str(r)?;
+            checked(r, &item, matchers::header_name(text))
+        });
+    let value = t.optional("value", None, |item| {
+        item.str(r)
+            .and_then(|text| checked(r, &item, matchers::header_value(text)))
+            .map(Some)
+    });
+    Some(HeaderMatch {
+        name: name?,
+        value: value?,
+    })
+}
+
+fn timeouts(r: &mut Reader<'_>, item: Item<'_, '_>) -> Option<Timeouts> {
+    let t = item.table(r, &TIMEOUTS)?;
+    let mut positive = |key: &str, default| {
+        t.optional(key, default, |item| {
+            let d = item.duration(r)?;
+            if d.is_zero() {
+                r.report(&item, "must be greater than zero");
+                return None;
+            }
+            Some(d)
+        })
+    };
+    let handshake = positive("handshake", defaults::HANDSHAKE_TIMEOUT);
+    let connect = positive("connect", defaults::CONNECT_TIMEOUT);
+    let response = positive("response", defaults::RESPONSE_TIMEOUT);
+    let shutdown = positive("shutdown", defaults::SHUTDOWN_TIMEOUT);
+    // Zero turns the idle timeout off.
+    let tunnel_idle = t.optional("tunnel_idle", defaults::TUNNEL_IDLE_TIMEOUT, |item| {
+        item.duration(r).map(|d| Some(d).filter(|d| !d.is_zero()))
+    });
+    Some(Timeouts {
+        handshake: handshake?,
+        connect: connect?,
+        response: response?,
+        tunnel_idle: tunnel_idle?,
+        shutdown: shutdown?,
+    })
+}
+
+fn limits(r: &mut Reader<'_>, item: Item<'_, '_>) -> Option<Limits> {
+    let t = item.table(r, &LIMITS)?;
+    let max_head_bytes = t.optional("max_head_bytes", defaults::MAX_HEAD_BYTES, |item| {
+        item.int(r, defaults::MAX_HEAD_BYTES_RANGE)
+    });
+    let max_headers = t.optional("max_headers", defaults::MAX_HEADERS, |item| {
+        item.int(r, defaults::MAX_HEADERS_RANGE)
+    });
+    let max_connections = t.optional("max_connections", defaults::MAX_CONNECTIONS, |item| {
+        item.int(r, defaults::MAX_CONNECTIONS_RANGE).map(Some)
+    });
+    Some(Limits {
+        max_head_bytes: max_head_bytes?,
+        max_headers: max_headers?,
+        max_connections: max_connections?,
+    })
+}
+
+fn relay(r: &mut Reader<'_>, item: Item<'_, '_>) -> Option<Relay> {
+    let t = item.table(r, &RELAY)?;
+    let mode = t.optional("mode", defaults::RELAY_MODE, |item| {
+        item.choice(
+            r,
+            &[
+                ("auto", RelayMode::Auto),
+                ("splice", RelayMode::Splice),
+                ("copy", RelayMode::Copy),
+            ],
+            &[],
+        )
+    });
+    let pipe_size = t.optional("pipe_size", defaults::PIPE_SIZE, |item| {
+        item.int(r, defaults::PIPE_SIZE_RANGE)
+    });
+    let max_pipes = t.optional("max_pipes", defaults::MAX_PIPES, |item| {
+        item.int(r, defaults::MAX_PIPES_RANGE)
+    });
+    let buffer_size = t.optional("buffer_size", defaults::BUFFER_SIZE, |item| {
+        item.int(r, defaults::BUFFER_SIZE_RANGE)
+    });
+    Some(Relay {
+        mode: mode?,
+        pipe_size: pipe_size?,
+        max_pipes: max_pipes?,
+        buffer_size: buffer_size?,
+    })
+}
+
+/// A checked conversion: the value, or its problem reported at `item`.
+fn checked<T>(r: &mut Reader<'_>, item: &Item<'_, '_>, result: Result<T, String>) -> Option<T> {
+    result.map_err(|problem| r.report(item, problem)).ok()
+}
+
+/// All values when every one is `Some`. Unlike `collect::<Option<Vec<_>>>()` it does not stop
+/// at the first `None`: every element is read, so every element's errors are reported.
+fn collect<T>(items: impl IntoIterator<Item = Option<T>>) -> Option<Vec<T>> {
+    let mut all = Some(Vec::new());
+    for item in items {
+        match (&mut all, item) {
+            (Some(all), Some(item)) => all.push(item),
+            _ => all = None,
+        }
+    }
+    all
+}

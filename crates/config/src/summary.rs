@@ -1,0 +1,144 @@
+//! A human summary of a configuration, printed by `sluice check`.
+
+use std::fmt::Write;
+use std::time::Duration;
+
+use crate::model::{Balance, Config, HostMatch, ListenerMode, PathMatch, RelayMode};
+
+impl Config {
+    /// Several lines: listeners with their addresses, routes in match order, pools with their
+    /// backend counts, then timeouts, limits and relay settings. No trailing newline.
+    ///
+    /// ```text
+    /// listeners (1)
+    ///   public  127.0.0.1:8080  http  2 routes
+    /// routes (2)
+    ///   public  host chat.example.com  path_prefix /chat  header x-tenant=blue  -> chat
+    ///   public  any request  -> main
+    /// pools (2)
+    ///   chat  round_robin  3 backends  connect_attempts 3
+    ///   main  least_conn  1 backend  connect_attempts 1
+    /// timeouts  handshake 5s, connect 3s, response 10s, tunnel_idle 1h, shutdown 30s
+    /// limits    max_head_bytes 16384, max_headers 100, max_connections from the open-file limit
+    /// relay     auto, pipe_size 65536, max_pipes 1024, buffer_size 16384
+    /// ```
+    pub fn summary(&self) -> String {
+        let mut out = String::new();
+        // Writing to a String cannot fail.
+        let _ = self.write_summary(&mut out);
+        out.truncate(out.trim_end().len());
+        out
+    }
+
+    fn write_summary(&self, out: &mut String) -> std::fmt::Result {
+        writeln!(out, "listeners ({})", self.listeners.len())?;
+        for l in &self.listeners {
+            let mode = match l.mode {
+                ListenerMode::Http => "http",
+            };
+            let routes = self.routes_for(&l.name).count();
+            write!(
+                out,
+                "  {}  {}  {mode}  {}",
+                l.name,
+                l.listen,
+                plural(routes, "route")
+            )?;
+            if !l.trusted_proxies.is_empty() {
+                write!(
+                    out,
+                    "  trusted_proxies {}",
+                    l.trusted_proxies
+                        .iter()
+                        .map(ToString::to_string)
+                        .collect::<Vec<_>>()
+                        .join(",")
+                )?;
+            }
+            writeln!(out)?;
+        }
+
+        writeln!(out, "routes ({})", self.routes.len())?;
+        for r in &self.routes {
+            write!(out, "  {}", r.listener)?;
+            match &r.host {
+                Some(HostMatch::Exact(h)) => write!(out, "  host {h}")?,
+                Some(HostMatch::Wildcard(suffix)) => write!(out, "  host *{suffix}")?,
+                None => {}
+            }
+            match &r.path {
+                Some(PathMatch::Prefix(p)) => write!(out, "  path_prefix {p}")?,
+                Some(PathMatch::Exact(p)) => write!(out, "  path_exact {p}")?,
+                None => {}
+            }
+            for h in &r.headers {
+                match &h.value {
+                    Some(v) => write!(out, "  header {}={v}", h.name)?,
+                    None => write!(out, "  header {}", h.name)?,
+                }
+            }
+            if r.host.is_none() && r.path.is_none() && r.headers.is_empty() {
+                write!(out, "  any request")?;
+            }
+            writeln!(out, "  -> {}", r.pool)?;
+        }
+
+        writeln!(out, "pools ({})", self.pools.len())?;
+        for p in &self.pools {
+            let balance = match p.balance {
+                Balance::RoundRobin => "round_robin",
+                Balance::LeastConn => "least_conn",
+            };
+            writeln!(
+                out,
+                "  {}  {balance}  {}  connect_attempts {}",
+                p.name,
+                plural(p.backends.len(), "backend"),
+                p.connect_attempts
+            )?;
+        }
+
+        let t = &self.timeouts;
+        writeln!(
+            out,
+            "timeouts  handshake {}, connect {}, response {}, tunnel_idle {}, shutdown {}",
+            human(t.handshake),
+            human(t.connect),
+            human(t.response),
+            t.tunnel_idle.map_or_else(|| "off".to_owned(), human),
+            human(t.shutdown),
+        )?;
+        let l = &self.limits;
+        writeln!(
+            out,
+            "limits    max_head_bytes {}, max_headers {}, max_connections {}",
+            l.max_head_bytes,
+            l.max_headers,
+            l.max_connections
+                .map_or_else(|| "from the open-file limit".to_owned(), |n| n.to_string()),
+        )?;
+        let r = &self.relay;
+        let mode = match r.mode {
+            RelayMode::Auto => "auto",
+            RelayMode::Splice => "splice",
+            RelayMode::Copy => "copy",
+        };
+        writeln!(
+            out,
+            "relay     {mode}, pipe_size {}, max_pipes {}, buffer_size {}",
+            r.pipe_size, r.max_pipes, r.buffer_size
+        )
+    }
+}
+
+fn plural(n: usize, noun: &str) -> String {
+    if n == 1 {
+        format!("1 {noun}")
+    } else {
+        format!("{n} {noun}s")
+    }
+}
+
+fn human(d: Duration) -> String {
+    humantime::format_duration(d).to_string()
+}

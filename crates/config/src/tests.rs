@@ -1,0 +1,1128 @@
+//! Tests of `parse` and `load` through the file format: what parses, into what, and every error
+//! with its exact position.
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::time::Duration;
+
+use super::*;
+
+fn ok(text: &str) -> Config {
+    match parse(text, "t.toml") {
+        Ok(config) => config,
+        Err(e) => panic!("expected a valid config, got:\n{e}"),
+    }
+}
+
+/// Every error, displayed, one string each.
+fn errors(text: &str) -> Vec<String> {
+    match parse(text, "t.toml") {
+        Ok(_) => panic!("expected errors, the config parsed"),
+        Err(e) => e.errors.iter().map(ToString::to_string).collect(),
+    }
+}
+
+/// The one error of `text`.
+fn error(text: &str) -> String {
+    let errors = errors(text);
+    assert_eq!(
+        errors.len(),
+        1,
+        "expected one error, got {errors:#?}\nfrom:\n{text}"
+    );
+    errors.into_iter().next().unwrap_or_default()
+}
+
+fn addr(s: &str) -> SocketAddr {
+    s.parse().expect("test address")
+}
+
+/// A valid file; tests append to it or replace parts of it.
+const BASE: &str = r#"[[listeners]]
+name = "public"
+listen = "127.0.0.1:8080"
+
+[[routes]]
+listener = "public"
+pool = "main"
+
+[pools.main]
+backends = ["127.0.0.1:9001"]
+"#;
+
+/// BASE plus `extra` appended (line 12 is the first line of `extra`).
+fn base(extra: &str) -> String {
+    format!("{BASE}\n{extra}")
+}
+
+#[test]
+fn a_minimal_file_parses_with_defaults() {
+    let config = ok(BASE);
+    assert_eq!(
+        config,
+        Config {
+            listeners: vec![Listener {
+                name: "public".into(),
+                listen: addr("127.0.0.1:8080"),
+                mode: ListenerMode::Http,
+                unknown_host_status: 404,
+                trusted_proxies: vec![],
+            }],
+            routes: vec![Route {
+                listener: "public".into(),
+                host: None,
+                path: None,
+                headers: vec![],
+                pool: "main".into(),
+            }],
+            pools: vec![Pool {
+                name: "main".into(),
+                balance: Balance::RoundRobin,
+                backends: vec![Backend {
+                    addr: addr("127.0.0.1:9001"),
+                    weight: 1,
+                }],
+                connect_attempts: 3,
+            }],
+            timeouts: Timeouts::default(),
+            limits: Limits::default(),
+            relay: Relay::default(),
+        }
+    );
+}
+
+#[test]
+fn every_example_file_parses() {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../config");
+    let mut files: Vec<_> = std::fs::read_dir(&dir)
+        .expect("config/ exists")
+        .map(|entry| entry.expect("readable entry").path())
+        .filter(|path| path.extension().is_some_and(|e| e == "toml"))
+        .collect();
+    files.sort();
+    assert!(
+        files.iter().any(|f| f.ends_with("sluice.toml")),
+        "config/sluice.toml is missing from {files:?}"
+    );
+    for file in files {
+        if let Err(e) = load(&file) {
+            panic!("{} does not parse:\n{e}", file.display());
+        }
+    }
+}
+
+#[test]
+fn the_example_file_is_what_make_run_expects() {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../config/sluice.toml");
+    let config = load(&path).expect("config/sluice.toml parses");
+    assert_eq!(config.listeners.len(), 1);
+    assert_eq!(config.listeners[0].listen, addr("127.0.0.1:8080"));
+    let echo = config.pool("echo").expect("pool echo");
+    let backends: Vec<SocketAddr> = echo.backends.iter().map(|b| b.addr).collect();
+    assert_eq!(
+        backends,
+        [
+            addr("127.0.0.1:9001"),
+            addr("127.0.0.1:9002"),
+            addr("127.0.0.1:9003")
+        ]
+    );
+    // Pools keep file order.
+    let names: Vec<&str> = config.pools.iter().map(|p| p.name.as_str()).collect();
+    assert_eq!(names, ["echo", "beta"]);
+    // Shows every kind of matcher, and ends with a catch-all.
+    let routes: Vec<&Route> = config.routes_for("public").collect();
+    assert_eq!(routes.len(), 3);
+    assert!(routes.iter().any(|r| r.host.is_some()));
+    assert!(
+        routes
+            .iter()
+            .any(|r| r.headers.iter().any(|h| h.value.is_none()))
+    );
+    assert!(
+        routes
+            .iter()
+            .any(|r| r.headers.iter().any(|h| h.value.is_some()))
+    );
+    assert_eq!(
+        routes.last().map(|r| (&r.path, &r.pool[..])),
+        Some((&Some(PathMatch::Prefix("/".into())), "echo"))
+    );
+    // The values written are the defaults, except where the file says otherwise.
+    assert_eq!(config.timeouts, Timeouts::default());
+    assert_eq!(config.limits, Limits::default());
+    assert_eq!(config.relay, Relay::default());
+}
+
+#[test]
+fn a_full_file_parses_into_typed_values() {
+    let config = ok(r#"
+[[listeners]]
+name = "public"
+listen = "0.0.0.0:8080"
+mode = "http"
+unknown_host_status = 421
+trusted_proxies = ["10.0.0.0/8", "192.168.1.7", "fd00::/8", "::1"]
+
+[[listeners]]
+name = "internal"
+listen = "[::1]:8081"
+
+[[routes]]
+listener = "public"
+host = "Chat.Example.com"
+path_prefix = "/chat"
+headers = [{ name = "X-Tenant", value = "blue" }, { name = "X-Beta" }]
+pool = "chat"
+
+[[routes]]
+listener = "internal"
+host = "*.Example.com"
+path_exact = "/admin"
+pool = "zeta"
+
+[pools.zeta]
+balance = "least_conn"
+connect_attempts = 16
+backends = [{ addr = "10.0.0.1:9000", weight = 256 }]
+
+[pools.chat]
+backends = ["10.0.0.1:9000", { addr = "[fd00::2]:9000", weight = 2 }, { addr = "10.0.0.3:9000" }]
+
+[timeouts]
+handshake = "250ms"
+connect = "1s 500ms"
+response = "2m"
+tunnel_idle = "0"
+shutdown = "1h"
+
+[limits]
+max_head_bytes = 1_048_576
+max_headers = 1
+max_connections = 0x10
+
+[relay]
+mode = "copy"
+pipe_size = 4096
+max_pipes = 0
+buffer_size = 1024
+"#);
+    let public = &config.listeners[0];
+    assert_eq!(public.listen, addr("0.0.0.0:8080"));
+    assert_eq!(public.unknown_host_status, 421);
+    let nets: Vec<String> = public
+        .trusted_proxies
+        .iter()
+        .map(ToString::to_string)
+        .collect();
+    assert_eq!(
+        nets,
+        ["10.0.0.0/8", "192.168.1.7/32", "fd00::/8", "::1/128"]
+    );
+    assert_eq!(config.listeners[1].listen, addr("[::1]:8081"));
+
+    assert_eq!(
+        config.routes[0],
+        Route {
+            listener: "public".into(),
+            host: Some(HostMatch::Exact("chat.example.com".into())),
+            path: Some(PathMatch::Prefix("/chat".into())),
+            headers: vec![
+                HeaderMatch {
+                    name: "x-tenant".into(),
+                    value: Some("blue".into())
+                },
+                HeaderMatch {
+                    name: "x-beta".into(),
+                    value: None
+                },
+            ],
+            pool: "chat".into(),
+        }
+    );
+    assert_eq!(
+        config.routes[1].host,
+        Some(HostMatch::Wildcard(".example.com".into()))
+    );
+    assert_eq!(
+        config.routes[1].path,
+        Some(PathMatch::Exact("/admin".into()))
+    );
+
+    // File order, not alphabetical.
+    assert_eq!(config.pools[0].name, "zeta");
+    assert_eq!(config.pools[0].balance, Balance::LeastConn);
+    assert_eq!(config.pools[0].connect_attempts, 16);
+    assert_eq!(config.pools[0].backends[0].weight, 256);
+    let chat = config.pool("chat").expect("pool chat");
+    assert_eq!(
+        chat.backends,
+        [
+            Backend {
+                addr: addr("10.0.0.1:9000"),
+                weight: 1
+            },
+            Backend {
+                addr: addr("[fd00::2]:9000"),
+                weight: 2
+            },
+            Backend {
+                addr: addr("10.0.0.3:9000"),
+                weight: 1
+            },
+        ]
+    );
+
+    assert_eq!(
+        config.timeouts,
+        Timeouts {
+            handshake: Duration::from_millis(250),
+            connect: Duration::from_millis(1500),
+            response: Duration::from_secs(120),
+            tunnel_idle: None,
+            shutdown: Duration::from_secs(3600),
+        }
+    );
+    assert_eq!(
+        config.limits,
+        Limits {
+            max_head_bytes: 1 << 20,
+            max_headers: 1,
+            max_connections: Some(16),
+        }
+    );
+    assert_eq!(
+        config.relay,
+        Relay {
+            mode: RelayMode::Copy,
+            pipe_size: 4096,
+            max_pipes: 0,
+            buffer_size: 1024,
+        }
+    );
+}
+
+#[test]
+fn many_errors_are_all_reported_with_their_positions() {
+    let text = r#"[[listeners]]
+name = "public"
+listen = "127.0.0.1:80800"
+lisen = "x"
+
+[[listeners]]
+name = "public"
+listen = "127.0.0.1:8081"
+mode = "tcp"
+
+[[routes]]
+listener = "pubic"
+pool = "chat"
+path_prefix = "chat"
+
+[pools.chat]
+balance = "rand"
+connect_attempts = 0
+backends = ["127.0.0.1:9001", "backend-2:9000", "127.0.0.1:9001", { weight = 2 }]
+
+[pools.empty]
+backends = []
+
+[timeouts]
+handshake = 5
+tunnel_idle = "1 fortnight"
+
+[limits]
+max_headers = 5000
+
+[relay]
+mode = "zero-copy"
+"#;
+    assert_eq!(
+        errors(text),
+        [
+            "t.toml:3:10: listeners[0].listen: invalid address \"127.0.0.1:80800\": invalid port \"80800\"; expected a number from 0 to 65535",
+            "t.toml:4:1: listeners[0].lisen: unknown key; did you mean \"listen\"?",
+            "t.toml:7:8: listeners[1].name: duplicate listener name \"public\" (first used on line 2)",
+            "t.toml:9:8: listeners[1].mode: \"tcp\" is not supported yet (tcp listeners come in a later release); expected one of \"http\"",
+            "t.toml:12:12: routes[0].listener: no listener named \"pubic\"; did you mean \"public\"?",
+            "t.toml:14:15: routes[0].path_prefix: invalid path \"chat\": a path must start with '/', as in \"/chat\"",
+            "t.toml:17:11: pools.chat.balance: unknown value \"rand\"; expected one of \"round_robin\", \"least_conn\"",
+            "t.toml:18:20: pools.chat.connect_attempts: 0 is out of range; expected 1 to 16",
+            "t.toml:19:31: pools.chat.backends[1]: invalid address \"backend-2:9000\": DNS names are not supported yet; use IP:port, such as \"10.0.0.1:9000\"",
+            "t.toml:19:49: pools.chat.backends[2]: duplicate backend 127.0.0.1:9001; it is already pools.chat.backends[0]",
+            "t.toml:19:67: pools.chat.backends[3].addr: required key is missing; expected an IP:port address such as \"127.0.0.1:8080\"",
+            "t.toml:22:12: pools.empty.backends: a pool needs at least one backend, such as [\"127.0.0.1:9001\"]",
+            "t.toml:25:13: timeouts.handshake: expected a duration string with a unit, found integer 5; write \"5s\" for seconds or \"5ms\" for milliseconds",
+            "t.toml:26:15: timeouts.tunnel_idle: invalid duration \"1 fortnight\": unknown unit \"fortnight\"; expected ms, s, m, h or d, as in \"250ms\", \"5s\" or \"1h 30m\"",
+            "t.toml:29:15: limits.max_headers: 5000 is out of range; expected 1 to 1000",
+            "t.toml:32:8: relay.mode: unknown value \"zero-copy\"; expected one of \"auto\", \"splice\", \"copy\"",
+        ]
+    );
+}
+
+#[test]
+fn a_syntax_error_is_one_error_with_its_position() {
+    let e = parse(
+        "[[listeners]]\nname = \"public\nlisten = 1\n",
+        "sluice.toml",
+    )
+    .expect_err("unterminated string");
+    assert_eq!(e.errors.len(), 1);
+    let e = &e.errors[0];
+    assert_eq!(
+        (e.origin.as_str(), e.line, e.column),
+        ("sluice.toml", 2, 15)
+    );
+    assert!(e.message.starts_with("invalid TOML: "), "{}", e.message);
+
+    assert_eq!(
+        error("[[listeners]]\nname = public\n"),
+        "t.toml:2:8: invalid TOML: string values must be quoted, expected literal string"
+    );
+    assert_eq!(
+        error("[timeouts]\nconnect = \"1s\"\n\n[timeouts]\n"),
+        "t.toml:4:2: invalid TOML: duplicate key `timeouts`: a key or table may appear only once"
+    );
+    assert_eq!(
+        error(&base("[pools.main]\nbackends = []\n")),
+        "t.toml:12:8: invalid TOML: duplicate key `main`: a key or table may appear only once"
+    );
+}
+
+#[test]
+fn errors_display_one_per_line() {
+    let e = parse(
+        &base("[relay]\nmode = \"fast\"\n\n[limits]\nmax_headers = 0\n"),
+        "sluice.toml",
+    )
+    .expect_err("two errors");
+    assert_eq!(
+        e.to_string(),
+        "sluice.toml:13:8: relay.mode: unknown value \"fast\"; expected one of \"auto\", \"splice\", \"copy\"\n\
+         sluice.toml:16:15: limits.max_headers: 0 is out of range; expected 1 to 1000"
+    );
+}
+
+// ---- the document as a whole ----------------------------------------------------------------
+
+#[test]
+fn listeners_and_pools_are_required() {
+    assert_eq!(
+        errors(""),
+        [
+            "t.toml:1:1: listeners: required key is missing; expected at least one [[listeners]] table",
+            "t.toml:1:1: pools: required key is missing; expected at least one pool, such as [pools.main] with backends = [\"127.0.0.1:9001\"]",
+        ]
+    );
+    assert_eq!(
+        errors("listeners = []\npools = {}\n"),
+        [
+            "t.toml:1:13: listeners: at least one [[listeners]] table is required",
+            "t.toml:2:9: pools: at least one pool is required; expected at least one pool, such as [pools.main] with backends = [\"127.0.0.1:9001\"]",
+        ]
+    );
+    // Routes naming listeners and pools that are missing altogether are not reported as well.
+    assert_eq!(
+        errors("[[routes]]\nlistener = \"public\"\npool = \"main\"\n").len(),
+        2
+    );
+    assert_eq!(
+        errors("listeners = []\npools = {}\n[[routes]]\nlistener = \"public\"\npool = \"main\"\n")
+            .len(),
+        2
+    );
+    // Nor are routes naming a listener whose name is missing or not a string.
+    assert_eq!(
+        error(&BASE.replace("name = \"public\"\n", "")),
+        "t.toml:1:1: listeners[0].name: required key is missing; expected a name such as \"public\""
+    );
+    // Routes are optional: a listener without routes is allowed.
+    let config = ok(
+        "[[listeners]]\nname = \"a\"\nlisten = \"127.0.0.1:1\"\n[pools.p]\nbackends = [\"127.0.0.1:2\"]\n",
+    );
+    assert!(config.routes.is_empty());
+}
+
+#[test]
+fn unknown_keys_are_reported_everywhere() {
+    assert_eq!(
+        error(&base("[admin]\nlisten = \"127.0.0.1:9090\"\n")),
+        "t.toml:12:2: admin: not supported yet (the admin listener for /metrics and /healthz comes in a later release)"
+    );
+    assert_eq!(
+        error(&base("[timeout]\nconnect = \"1s\"\n")),
+        "t.toml:12:2: timeout: unknown key; did you mean \"timeouts\"?"
+    );
+    assert_eq!(
+        error(&base("[relay]\nfoo = 1\n")),
+        "t.toml:13:1: relay.foo: unknown key; expected one of \"mode\", \"pipe_size\", \"max_pipes\", \"buffer_size\""
+    );
+    assert_eq!(
+        error(&base("[limits]\nmax_header_bytes = 1\n")),
+        "t.toml:13:1: limits.max_header_bytes: unknown key; did you mean \"max_head_bytes\"?"
+    );
+    assert_eq!(
+        error(&base("[timeouts]\nidle = \"1s\"\n")),
+        "t.toml:13:1: timeouts.idle: unknown key; expected one of \"handshake\", \"connect\", \"response\", \"tunnel_idle\", \"shutdown\""
+    );
+    assert_eq!(
+        error(&BASE.replace(
+            "pool = \"main\"",
+            "pool = \"main\"\nheader = { name = \"x\" }"
+        )),
+        "t.toml:8:1: routes[0].header: unknown key; did you mean \"headers\"?"
+    );
+    assert_eq!(
+        error(&BASE.replace(
+            "pool = \"main\"",
+            "pool = \"main\"\nheaders = [{ name = \"x\", valeu = \"y\" }]"
+        )),
+        "t.toml:8:26: routes[0].headers[0].valeu: unknown key; did you mean \"value\"?"
+    );
+    assert_eq!(
+        error(&BASE.replace("listen = ", "tls = {}\nlisten = ")),
+        "t.toml:3:1: listeners[0].tls: not supported yet (TLS termination comes in a later release)"
+    );
+    assert_eq!(
+        error(&BASE.replace("backends = ", "hash_key = \"cookie:s\"\nbackends = ")),
+        "t.toml:10:1: pools.main.hash_key: not supported yet (consistent hashing comes in a later release)"
+    );
+    assert_eq!(
+        error(&BASE.replace(
+            "backends = [\"127.0.0.1:9001\"]",
+            "backends = [{ addr = \"127.0.0.1:9001\", wieght = 2 }]"
+        )),
+        "t.toml:10:40: pools.main.backends[0].wieght: unknown key; did you mean \"weight\"?"
+    );
+    assert_eq!(
+        error(&BASE.replace("pool = \"main\"", "pool = \"main\"\n\"odd key\" = 1")),
+        "t.toml:8:1: routes[0].\"odd key\": unknown key; expected one of \"listener\", \"host\", \"path_prefix\", \"path_exact\", \"headers\", \"pool\""
+    );
+}
+
+#[test]
+fn sections_of_the_wrong_shape_are_reported() {
+    assert_eq!(
+        error(&BASE.replace("[[routes]]", "[routes]")),
+        "t.toml:5:1: routes: expected an array of tables ([[routes]]), found a table"
+    );
+    assert_eq!(
+        error(&format!("timeouts = \"5s\"\n{BASE}")),
+        "t.toml:1:12: timeouts: expected a table, found string \"5s\""
+    );
+    assert_eq!(
+        error(&BASE.replace(
+            "[pools.main]\nbackends = [\"127.0.0.1:9001\"]",
+            "[pools]\nmain = \"127.0.0.1:9001\""
+        )),
+        "t.toml:10:8: pools.main: expected a table, found string \"127.0.0.1:9001\""
+    );
+    assert_eq!(
+        error(&BASE.replace(
+            "backends = [\"127.0.0.1:9001\"]",
+            "backends = \"127.0.0.1:9001\""
+        )),
+        "t.toml:10:12: pools.main.backends: expected an array of backends, found string \"127.0.0.1:9001\""
+    );
+}
+
+// ---- listeners ------------------------------------------------------------------------------
+
+#[test]
+fn listener_rules() {
+    assert_eq!(
+        error(&BASE.replace("name = \"public\"\n", "")),
+        "t.toml:1:1: listeners[0].name: required key is missing; expected a name such as \"public\""
+    );
+    assert_eq!(
+        error(&BASE.replace("listen = \"127.0.0.1:8080\"\n", "")),
+        "t.toml:1:1: listeners[0].listen: required key is missing; expected an IP:port address such as \"127.0.0.1:8080\""
+    );
+    assert_eq!(
+        error(
+            &BASE
+                .replace("name = \"public\"", "name = \"pub lic\"")
+                .replace("listener = \"public\"", "listener = \"pub lic\"")
+        ),
+        "t.toml:2:8: listeners[0].name: invalid character ' ' in name \"pub lic\"; names use letters, digits, '_' and '-' only, at most 64 characters"
+    );
+    assert_eq!(
+        error(&BASE.replace("name = \"public\"", "name = 7")),
+        "t.toml:2:8: listeners[0].name: expected a string, found integer 7"
+    );
+    assert_eq!(
+        error(&BASE.replace("\"127.0.0.1:8080\"", "\"localhost:8080\"")),
+        "t.toml:3:10: listeners[0].listen: invalid address \"localhost:8080\": DNS names are not supported yet; use IP:port, such as \"10.0.0.1:9000\""
+    );
+    assert_eq!(
+        error(&BASE.replace("\"127.0.0.1:8080\"", "\"127.0.0.1\"")),
+        "t.toml:3:10: listeners[0].listen: invalid address \"127.0.0.1\": the port is missing; expected IP:port, such as \"127.0.0.1:8080\""
+    );
+    assert_eq!(
+        error(&BASE.replace("\"127.0.0.1:8080\"", "8080")),
+        "t.toml:3:10: listeners[0].listen: expected a string, found integer 8080"
+    );
+    assert_eq!(
+        error(&base(
+            "[[listeners]]\nname = \"b\"\nlisten = \"127.0.0.1:8080\"\n"
+        )),
+        "t.toml:14:10: listeners[1].listen: address 127.0.0.1:8080 is already used by the listener on line 3"
+    );
+    assert_eq!(
+        error(&base(
+            "[[listeners]]\nname = \"b\"\nlisten = \"0.0.0.0:8080\"\n"
+        )),
+        "t.toml:14:10: listeners[1].listen: address 0.0.0.0:8080 overlaps 127.0.0.1:8080 of the listener on line 3"
+    );
+    // Other ports, other families, and port 0 (bound by whoever starts sluice) do not clash.
+    ok(&base(
+        "[[listeners]]\nname = \"b\"\nlisten = \"0.0.0.0:8081\"\n[[listeners]]\nname = \"c\"\nlisten = \"[::]:8080\"\n",
+    ));
+    ok(&base(
+        "[[listeners]]\nname = \"b\"\nlisten = \"127.0.0.1:0\"\n[[listeners]]\nname = \"c\"\nlisten = \"127.0.0.1:0\"\n",
+    ));
+
+    assert_eq!(
+        error(&BASE.replace("listen = ", "mode = \"tls-passthrough\"\nlisten = ")),
+        "t.toml:3:8: listeners[0].mode: \"tls-passthrough\" is not supported yet (tls-passthrough listeners come in a later release); expected one of \"http\""
+    );
+    assert_eq!(
+        error(&BASE.replace("listen = ", "mode = \"HTTP\"\nlisten = ")),
+        "t.toml:3:8: listeners[0].mode: unknown value \"HTTP\"; expected one of \"http\" (did you mean \"http\"?)"
+    );
+}
+
+#[test]
+fn unknown_host_status_is_404_or_421() {
+    let with = |v: &str| {
+        BASE.replace(
+            "listen = ",
+            &format!("unknown_host_status = {v}\nlisten = "),
+        )
+    };
+    assert_eq!(ok(&with("421")).listeners[0].unknown_host_status, 421);
+    assert_eq!(ok(&with("404")).listeners[0].unknown_host_status, 404);
+    assert_eq!(
+        error(&with("500")),
+        "t.toml:3:23: listeners[0].unknown_host_status: 500 is not allowed; expected 404 (Not Found) or 421 (Misdirected Request)"
+    );
+    assert_eq!(
+        error(&with("4040")),
+        "t.toml:3:23: listeners[0].unknown_host_status: 4040 is out of range; expected 100 to 599"
+    );
+    assert_eq!(
+        error(&with("\"421\"")),
+        "t.toml:3:23: listeners[0].unknown_host_status: expected an integer, found string \"421\""
+    );
+}
+
+#[test]
+fn trusted_proxies_are_cidrs_or_bare_ips() {
+    let with = |v: &str| BASE.replace("listen = ", &format!("trusted_proxies = {v}\nlisten = "));
+    let nets = |v: &str| -> Vec<String> {
+        ok(&with(v)).listeners[0]
+            .trusted_proxies
+            .iter()
+            .map(ToString::to_string)
+            .collect()
+    };
+    assert_eq!(nets("[]"), Vec::<String>::new());
+    assert_eq!(
+        nets(r#"["10.0.0.0/8", "192.168.1.7", "2001:db8::/32", "::1", "0.0.0.0/0"]"#),
+        [
+            "10.0.0.0/8",
+            "192.168.1.7/32",
+            "2001:db8::/32",
+            "::1/128",
+            "0.0.0.0/0"
+        ]
+    );
+    assert_eq!(
+        errors(&with(r#"["10.0.0.1/8", "10.0.0/8", "192.168.1.7/33", 5]"#)),
+        [
+            "t.toml:3:20: listeners[0].trusted_proxies[0]: \"10.0.0.1/8\" has bits set after the prefix length; write the network \"10.0.0.0/8\" or the single address \"10.0.0.1\"",
+            "t.toml:3:34: listeners[0].trusted_proxies[1]: invalid network \"10.0.0/8\"; expected an IP address or a CIDR, such as \"192.168.1.7\", \"10.0.0.0/8\" or \"fd00::/8\"",
+            "t.toml:3:46: listeners[0].trusted_proxies[2]: invalid network \"192.168.1.7/33\"; expected an IP address or a CIDR, such as \"192.168.1.7\", \"10.0.0.0/8\" or \"fd00::/8\"",
+            "t.toml:3:64: listeners[0].trusted_proxies[3]: expected a string, found integer 5",
+        ]
+    );
+    assert_eq!(
+        error(&with("\"10.0.0.0/8\"")),
+        "t.toml:3:19: listeners[0].trusted_proxies: expected an array of addresses or CIDRs, found string \"10.0.0.0/8\""
+    );
+}
+
+// ---- routes ---------------------------------------------------------------------------------
+
+/// BASE with the route's `pool = "main"` line replaced by `lines` (starting on line 7).
+fn route(lines: &str) -> String {
+    BASE.replace("pool = \"main\"\n", lines)
+}
+
+#[test]
+fn routes_name_an_existing_listener_and_pool() {
+    assert_eq!(
+        error(&route("pool = \"other\"\n")),
+        "t.toml:7:8: routes[0].pool: no pool named \"other\"; the pools are \"main\""
+    );
+    assert_eq!(
+        error(&route("pool = \"mian\"\n")),
+        "t.toml:7:8: routes[0].pool: no pool named \"mian\"; did you mean \"main\"?"
+    );
+    assert_eq!(
+        error(&route("")),
+        "t.toml:5:1: routes[0].pool: required key is missing; expected the name of a pool"
+    );
+    assert_eq!(
+        error(&BASE.replace("listener = \"public\"\n", "")),
+        "t.toml:5:1: routes[0].listener: required key is missing; expected the name of a listener"
+    );
+    assert_eq!(
+        error(&BASE.replace("listener = \"public\"", "listener = \"private\"")),
+        "t.toml:6:12: routes[0].listener: no listener named \"private\"; the listeners are \"public\""
+    );
+    // A listener or pool with errors of its own still counts as declared: one error, not two.
+    assert_eq!(
+        error(&BASE.replace("backends = [\"127.0.0.1:9001\"]", "backends = []")),
+        "t.toml:10:12: pools.main.backends: a pool needs at least one backend, such as [\"127.0.0.1:9001\"]"
+    );
+    assert_eq!(
+        error(&BASE.replace("\"127.0.0.1:8080\"", "\"127.0.0.1:x\"")),
+        "t.toml:3:10: listeners[0].listen: invalid address \"127.0.0.1:x\": invalid port \"x\"; expected a number from 0 to 65535"
+    );
+}
+
+#[test]
+fn route_hosts_exact_and_wildcard() {
+    let host = |h: &str| {
+        ok(&route(&format!("host = \"{h}\"\npool = \"main\"\n"))).routes[0]
+            .host
+            .clone()
+    };
+    assert_eq!(
+        host("Chat.Example.COM"),
+        Some(HostMatch::Exact("chat.example.com".into()))
+    );
+    assert_eq!(
+        host("*.example.com"),
+        Some(HostMatch::Wildcard(".example.com".into()))
+    );
+    assert_eq!(
+        host("*.EU.Example.com"),
+        Some(HostMatch::Wildcard(".eu.example.com".into()))
+    );
+    assert_eq!(
+        host("127.0.0.1"),
+        Some(HostMatch::Exact("127.0.0.1".into()))
+    );
+
+    let bad = |h: &str| error(&route(&format!("host = \"{h}\"\npool = \"main\"\n")));
+    assert_eq!(
+        bad("chat.*.example.com"),
+        "t.toml:7:8: routes[0].host: invalid host \"chat.*.example.com\": a wildcard may only be the whole first label, as in \"*.example.com\""
+    );
+    assert_eq!(
+        bad("*chat.example.com"),
+        "t.toml:7:8: routes[0].host: invalid host \"*chat.example.com\": a wildcard may only be the whole first label, as in \"*.example.com\""
+    );
+    assert_eq!(
+        bad("chat.example.com:8080"),
+        "t.toml:7:8: routes[0].host: invalid host \"chat.example.com:8080\": a host does not include a port (requests are matched whatever their port); write \"chat.example.com\""
+    );
+    assert_eq!(
+        bad("*"),
+        "t.toml:7:8: routes[0].host: \"*\" alone is not a host pattern; leave `host` out to match every host"
+    );
+    assert_eq!(
+        bad("chat_example com"),
+        "t.toml:7:8: routes[0].host: invalid host \"chat_example com\": the character ' '; expected a name such as \"chat.example.com\" or \"*.example.com\" (letters, digits, '-' and '_' between dots)"
+    );
+    assert!(bad("").contains("a host cannot be empty"));
+    assert!(bad("example.com.").contains("remove the trailing dot"));
+}
+
+#[test]
+fn route_paths() {
+    let path = |line: &str| {
+        ok(&route(&format!("{line}\npool = \"main\"\n"))).routes[0]
+            .path
+            .clone()
+    };
+    assert_eq!(
+        path("path_prefix = \"/chat\""),
+        Some(PathMatch::Prefix("/chat".into()))
+    );
+    assert_eq!(
+        path("path_exact = \"/chat\""),
+        Some(PathMatch::Exact("/chat".into()))
+    );
+    assert_eq!(
+        error(&route(
+            "path_prefix = \"/a\"\npath_exact = \"/b\"\npool = \"main\"\n"
+        )),
+        "t.toml:8:14: routes[0].path_exact: path_prefix and path_exact cannot both be set; keep one"
+    );
+    assert_eq!(
+        error(&route("path_exact = \"/a?b=1\"\npool = \"main\"\n")),
+        "t.toml:7:14: routes[0].path_exact: invalid path \"/a?b=1\": '?' is not allowed; routes match the path before the query"
+    );
+    assert_eq!(
+        error(&route("path_prefix = \"\"\npool = \"main\"\n")),
+        "t.toml:7:15: routes[0].path_prefix: invalid path \"\": a path must start with '/', as in \"/chat\""
+    );
+}
+
+#[test]
+fn route_headers() {
+    assert_eq!(
+        errors(&route(
+            "headers = [{ name = \"X Tenant\" }, { value = \"v\" }, { name = \"X-A\", value = \" v\" }, \"X-B\"]\npool = \"main\"\n"
+        )),
+        [
+            "t.toml:7:21: routes[0].headers[0].name: invalid header name \"X Tenant\": the character ' ' is not allowed in a header name (RFC 9110 token)",
+            "t.toml:7:35: routes[0].headers[1].name: required key is missing; expected a header name such as \"X-Tenant\"",
+            "t.toml:7:76: routes[0].headers[2].value: header value \" v\" has leading or trailing whitespace and would never match; write \"v\"",
+            "t.toml:7:84: routes[0].headers[3]: expected a table, found string \"X-B\"",
+        ]
+    );
+    assert_eq!(
+        error(&route("headers = { name = \"X-A\" }\npool = \"main\"\n")),
+        "t.toml:7:11: routes[0].headers: expected an array of header matches, such as [{ name = \"X-Tenant\", value = \"blue\" }], found a table"
+    );
+}
+
+// ---- pools ----------------------------------------------------------------------------------
+
+/// BASE with the pool's `backends` line replaced by `lines` (starting on line 10).
+fn pool(lines: &str) -> String {
+    BASE.replace("backends = [\"127.0.0.1:9001\"]\n", lines)
+}
+
+#[test]
+fn pool_rules() {
+    assert_eq!(
+        error(&pool("")),
+        "t.toml:9:1: pools.main.backends: required key is missing; expected an array of backend addresses, such as [\"127.0.0.1:9001\"]"
+    );
+    assert_eq!(
+        error(&pool(
+            "balance = \"hash\"\nbackends = [\"127.0.0.1:9001\"]\n"
+        )),
+        "t.toml:10:11: pools.main.balance: \"hash\" is not supported yet (consistent hashing comes in a later release); expected one of \"round_robin\", \"least_conn\""
+    );
+    assert_eq!(
+        error(&pool(
+            "balance = \"leastconn\"\nbackends = [\"127.0.0.1:9001\"]\n"
+        )),
+        "t.toml:10:11: pools.main.balance: unknown value \"leastconn\"; expected one of \"round_robin\", \"least_conn\" (did you mean \"least_conn\"?)"
+    );
+    assert_eq!(
+        error(&pool(
+            "connect_attempts = 17\nbackends = [\"127.0.0.1:9001\"]\n"
+        )),
+        "t.toml:10:20: pools.main.connect_attempts: 17 is out of range; expected 1 to 16"
+    );
+    assert_eq!(
+        error(&pool(
+            "connect_attempts = 2.5\nbackends = [\"127.0.0.1:9001\"]\n"
+        )),
+        "t.toml:10:20: pools.main.connect_attempts: expected an integer, found float 2.5"
+    );
+    // More attempts than backends is fine: at run time it is capped by the backend count.
+    assert_eq!(
+        ok(&pool(
+            "connect_attempts = 16\nbackends = [\"127.0.0.1:9001\"]\n"
+        ))
+        .pools[0]
+            .connect_attempts,
+        16
+    );
+    assert_eq!(
+        error(
+            &BASE
+                .replace("[pools.main]", "[pools.\"ma.in\"]")
+                .replace("pool = \"main\"", "pool = \"ma.in\"")
+        ),
+        "t.toml:9:8: pools.\"ma.in\": invalid character '.' in name \"ma.in\"; names use letters, digits, '_' and '-' only, at most 64 characters"
+    );
+}
+
+#[test]
+fn backend_rules() {
+    let with = |b: &str| pool(&format!("backends = [{b}]\n"));
+    assert_eq!(
+        ok(&with(
+            r#""127.0.0.1:9001", { addr = "[::1]:9002", weight = 3 }"#
+        ))
+        .pools[0]
+            .backends,
+        [
+            Backend {
+                addr: addr("127.0.0.1:9001"),
+                weight: 1
+            },
+            Backend {
+                addr: addr("[::1]:9002"),
+                weight: 3
+            }
+        ]
+    );
+    assert_eq!(
+        errors(&with(
+            r#""127.0.0.1:0", "0.0.0.0:9000", { addr = "127.0.0.1:9001", weight = 0 }, { addr = "127.0.0.1:9002", weight = 257 }, 9003, "127.0.0.1""#
+        )),
+        [
+            "t.toml:10:13: pools.main.backends[0]: 127.0.0.1:0: port 0 cannot be connected to",
+            "t.toml:10:28: pools.main.backends[1]: 0.0.0.0:9000 is not a backend address; expected the address of one server, such as \"127.0.0.1:9001\"",
+            "t.toml:10:80: pools.main.backends[2].weight: 0 is out of range; expected 1 to 256",
+            "t.toml:10:121: pools.main.backends[3].weight: 257 is out of range; expected 1 to 256",
+            "t.toml:10:128: pools.main.backends[4]: expected a backend: \"IP:port\" or { addr = \"IP:port\", weight = N }, found integer 9003",
+            "t.toml:10:134: pools.main.backends[5]: invalid address \"127.0.0.1\": the port is missing; expected IP:port, such as \"127.0.0.1:8080\"",
+        ]
+    );
+    assert_eq!(
+        error(&with(
+            r#""127.0.0.1:9001", { addr = "127.0.0.1:9001", weight = 2 }"#
+        )),
+        "t.toml:10:31: pools.main.backends[1]: duplicate backend 127.0.0.1:9001; it is already pools.main.backends[0]"
+    );
+    // The same address in two pools is fine.
+    ok(&base("[pools.other]\nbackends = [\"127.0.0.1:9001\"]\n"));
+}
+
+// ---- timeouts, limits, relay ----------------------------------------------------------------
+
+#[test]
+fn durations() {
+    let timeout = |key: &str, v: &str| -> Result<Timeouts, Vec<String>> {
+        let text = base(&format!("[timeouts]\n{key} = {v}\n"));
+        match parse(&text, "t.toml") {
+            Ok(c) => Ok(c.timeouts),
+            Err(e) => Err(e.errors.iter().map(ToString::to_string).collect()),
+        }
+    };
+    let connect = |v: &str| timeout("connect", v).map(|t| t.connect);
+    assert_eq!(connect("\"5s\""), Ok(Duration::from_secs(5)));
+    assert_eq!(connect("\"250ms\""), Ok(Duration::from_millis(250)));
+    assert_eq!(connect("\"1.5s\""), Ok(Duration::from_millis(1500)));
+    assert_eq!(connect("\"1h 30m\""), Ok(Duration::from_secs(5400)));
+    assert_eq!(connect("\"2min\""), Ok(Duration::from_secs(120)));
+    assert_eq!(connect("\"1d\""), Ok(Duration::from_secs(86400)));
+    assert_eq!(connect("\"365d\""), Ok(Duration::from_secs(365 * 86400)));
+
+    assert_eq!(
+        connect("\"0s\""),
+        Err(vec![
+            "t.toml:13:11: timeouts.connect: must be greater than zero".into()
+        ])
+    );
+    assert_eq!(
+        connect("3"),
+        Err(vec!["t.toml:13:11: timeouts.connect: expected a duration string with a unit, found integer 3; write \"3s\" for seconds or \"3ms\" for milliseconds".into()])
+    );
+    assert_eq!(
+        connect("\"3\""),
+        Err(vec!["t.toml:13:11: timeouts.connect: invalid duration \"3\": a unit is needed; write \"3s\" for seconds or \"3ms\" for milliseconds".into()])
+    );
+    assert_eq!(
+        connect("\"three seconds\""),
+        Err(vec!["t.toml:13:11: timeouts.connect: invalid duration \"three seconds\"; expected a number with a unit, such as \"250ms\", \"5s\" or \"1h 30m\"".into()])
+    );
+    assert_eq!(
+        connect("\"366d\""),
+        Err(vec!["t.toml:13:11: timeouts.connect: duration \"366d\" is too long; the longest accepted is 365d".into()])
+    );
+    assert_eq!(
+        connect("1.5"),
+        Err(vec!["t.toml:13:11: timeouts.connect: expected a duration string such as \"5s\", found float 1.5".into()])
+    );
+
+    let idle = |v: &str| timeout("tunnel_idle", v).map(|t| t.tunnel_idle);
+    assert_eq!(idle("\"0\""), Ok(None));
+    assert_eq!(idle("\"0s\""), Ok(None));
+    assert_eq!(idle("\"30m\""), Ok(Some(Duration::from_secs(1800))));
+
+    for key in ["handshake", "connect", "response", "shutdown"] {
+        assert!(
+            timeout(key, "\"0ms\"").is_err(),
+            "{key} = 0 must be refused"
+        );
+        assert_eq!(
+            timeout(key, "\"7s\"").map(|t| [t.handshake, t.connect, t.response, t.shutdown]
+                .iter()
+                .filter(|d| **d == Duration::from_secs(7))
+                .count()),
+            Ok(1),
+            "{key} sets its own field"
+        );
+    }
+}
+
+#[test]
+fn limits_ranges() {
+    let limits = |v: &str| -> Result<Limits, Vec<String>> {
+        match parse(&base(&format!("[limits]\n{v}\n")), "t.toml") {
+            Ok(c) => Ok(c.limits),
+            Err(e) => Err(e.errors.iter().map(ToString::to_string).collect()),
+        }
+    };
+    assert_eq!(
+        limits("max_head_bytes = 1024").map(|l| l.max_head_bytes),
+        Ok(1024)
+    );
+    assert_eq!(
+        limits("max_head_bytes = 1023"),
+        Err(vec![
+            "t.toml:13:18: limits.max_head_bytes: 1023 is out of range; expected 1024 to 1048576"
+                .into()
+        ])
+    );
+    assert!(limits("max_head_bytes = 1048577").is_err());
+    assert_eq!(
+        limits("max_headers = 1000").map(|l| l.max_headers),
+        Ok(1000)
+    );
+    assert!(limits("max_headers = 0").is_err());
+    assert_eq!(
+        limits("max_connections = 1").map(|l| l.max_connections),
+        Ok(Some(1))
+    );
+    assert_eq!(
+        limits("max_connections = 0"),
+        Err(vec![
+            "t.toml:13:19: limits.max_connections: 0 is out of range; expected at least 1".into()
+        ])
+    );
+    assert_eq!(
+        limits("max_connections = -5"),
+        Err(vec![
+            "t.toml:13:19: limits.max_connections: -5 is out of range; expected at least 1".into()
+        ])
+    );
+    assert_eq!(
+        limits("max_connections = 99999999999999999999"),
+        Err(vec!["t.toml:13:19: limits.max_connections: 99999999999999999999 is out of range; expected at least 1".into()])
+    );
+}
+
+#[test]
+fn relay_ranges() {
+    let relay = |v: &str| -> Result<Relay, Vec<String>> {
+        match parse(&base(&format!("[relay]\n{v}\n")), "t.toml") {
+            Ok(c) => Ok(c.relay),
+            Err(e) => Err(e.errors.iter().map(ToString::to_string).collect()),
+        }
+    };
+    assert_eq!(
+        relay("mode = \"splice\"").map(|r| r.mode),
+        Ok(RelayMode::Splice)
+    );
+    assert_eq!(
+        relay("mode = \"auto\"").map(|r| r.mode),
+        Ok(RelayMode::Auto)
+    );
+    assert_eq!(
+        relay("pipe_size = 1048576").map(|r| r.pipe_size),
+        Ok(1 << 20)
+    );
+    assert_eq!(
+        relay("pipe_size = 4095"),
+        Err(vec![
+            "t.toml:13:13: relay.pipe_size: 4095 is out of range; expected 4096 to 1048576".into()
+        ])
+    );
+    assert_eq!(relay("max_pipes = 0").map(|r| r.max_pipes), Ok(0));
+    assert_eq!(
+        relay("max_pipes = -1"),
+        Err(vec![
+            "t.toml:13:13: relay.max_pipes: -1 is out of range; expected at least 0".into()
+        ])
+    );
+    assert!(relay("buffer_size = 512").is_err());
+    assert!(relay("buffer_size = 2097152").is_err());
+}
+
+// ---- load and summary -----------------------------------------------------------------------
+
+#[test]
+fn an_unreadable_file_is_one_error_naming_it() {
+    let path = Path::new("/nonexistent/sluice.toml");
+    let e = load(path).expect_err("missing file");
+    assert_eq!(e.errors.len(), 1);
+    let e = &e.errors[0];
+    assert_eq!(
+        (e.origin.as_str(), e.line, e.column),
+        ("/nonexistent/sluice.toml", 0, 0)
+    );
+    assert!(
+        e.to_string()
+            .starts_with("/nonexistent/sluice.toml: cannot read the configuration file: "),
+        "{e}"
+    );
+}
+
+#[test]
+fn a_file_that_is_not_utf8_is_one_error_with_its_position() {
+    let dir = std::env::temp_dir().join(format!("sluice-config-test-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("temp dir");
+    let path = dir.join("latin1.toml");
+    std::fs::write(&path, b"# ok\n# caf\xe9\n").expect("write temp file");
+    let e = load(&path).expect_err("not UTF-8");
+    let _ = std::fs::remove_dir_all(&dir);
+    assert_eq!(e.errors.len(), 1);
+    assert_eq!((e.errors[0].line, e.errors[0].column), (2, 6));
+    assert_eq!(e.errors[0].message, "the file is not valid UTF-8");
+}
+
+#[test]
+fn load_names_the_file_in_messages() {
+    let dir = std::env::temp_dir().join(format!("sluice-config-load-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("temp dir");
+    let path = dir.join("bad.toml");
+    std::fs::write(&path, base("[relay]\nmode = \"fast\"\n")).expect("write temp file");
+    let e = load(&path).expect_err("bad mode");
+    let _ = std::fs::remove_dir_all(&dir);
+    assert_eq!(e.errors[0].origin, path.display().to_string());
+    assert!(
+        e.to_string()
+            .starts_with(&format!("{}:13:8: relay.mode:", path.display())),
+        "{e}"
+    );
+}
+
+#[test]
+fn summary_lists_listeners_routes_and_pools() {
+    let config = ok(&base(
+        r#"[[routes]]
+listener = "public"
+host = "*.example.com"
+path_exact = "/chat"
+headers = [{ name = "X-Tenant", value = "blue" }, { name = "X-Beta" }]
+pool = "chat"
+
+[pools.chat]
+balance = "least_conn"
+backends = ["10.0.0.1:9000", "10.0.0.2:9000"]
+
+[timeouts]
+tunnel_idle = "0"
+
+[limits]
+max_connections = 500
+"#,
+    ));
+    assert_eq!(
+        config.summary(),
+        "listeners (1)
+  public  127.0.0.1:8080  http  2 routes
+routes (2)
+  public  any request  -> main
+  public  host *.example.com  path_exact /chat  header x-tenant=blue  header x-beta  -> chat
+pools (2)
+  main  round_robin  1 backend  connect_attempts 3
+  chat  least_conn  2 backends  connect_attempts 3
+timeouts  handshake 5s, connect 3s, response 10s, tunnel_idle off, shutdown 30s
+limits    max_head_bytes 16384, max_headers 100, max_connections 500
+relay     auto, pipe_size 65536, max_pipes 1024, buffer_size 16384"
+    );
+}
