@@ -1,1 +1,71 @@
-//! (being written)
+//! The L7 act of sluice: from the first byte of a client connection to the backend's `101`.
+//!
+//! ```text
+//! accept → [PROXY / TLS] → read head → parse → classify → route → pick (sluice-balance)
+//!        → connect (sluice-proxy) → forward head → read response head → check 101 → splice
+//! ```
+//!
+//! This crate is the L7 act of that path, minus the socket work: reading a head off an
+//! `AsyncRead`, parsing, classifying, routing, rewriting the head, reading and checking the
+//! backend's answer, and the answer to every failure.
+//!
+//! What this crate owns, each a value the next stage consumes:
+//!
+//! 1. [`read_request_head`]: bytes off any `AsyncRead` until the empty line that ends the head
+//!    (RFC 9112 §2.1), bounded in bytes (431) and in time (408, slowloris), each byte looked at
+//!    once; bytes the client sent after its head stay in the caller's buffer.
+//! 2. [`parse_request`]: httparse plus what a proxy must add (RFC 9112 §2.2, §3, §6; RFC 9110
+//!    §5.5, §7.2): anything two HTTP implementations could read two ways is refused with 400
+//!    (bare LF, obs-fold, CL+TE, duplicate CL or Host, …); [`parse_request`] lists them all.
+//! 3. [`classify`]: a WebSocket opening handshake (RFC 6455 §4.2.1, RFC 9110 §7.6.1 and §7.8),
+//!    a plain request, or a refusal.
+//! 4. [`Router::route`]: the listener's routes, first match wins: a pool index, 404 or 421.
+//! 5. [`write_forwarded_request`]: the head for the backend, byte for byte but for
+//!    `X-Forwarded-For/-Proto/-Host`.
+//! 6. [`read_response_head`] and [`WebSocketUpgrade::check_response`]: the backend's answer,
+//!    and whether its 101 is a valid accept for the client's key (RFC 6455 §4.2.2).
+//! 7. [`HandshakeError`] and [`error_response`]: every failure, and the one answer each gets.
+//!
+//! What it deliberately does not do: open sockets (it reads and parses generic
+//! `AsyncRead`s and writes into buffers), pick a backend, connect, relay bytes after the
+//! upgrade, or proxy plain HTTP (a plain request is [`HandshakeError::NotUpgrade`], 426, for now).
+//!
+//! # Decisions
+//!
+//! - **Buffers.** The caller owns the read buffer. After [`read_request_head`] returns `len`,
+//!   split it: `let early = buf.split_off(len); let head = buf.freeze();` — `head` goes to
+//!   [`parse_request`] (the [`Request`] keeps it without copying), `early` holds bytes the client
+//!   already sent after its head (a first WebSocket frame) and must follow the rewritten head
+//!   unchanged. The readers never read past `max_head_bytes` into the buffer.
+//! - **Absolute-form** targets (`GET http://host/path`) are accepted (RFC 9112 §3.2.2 requires
+//!   it; RFC 6455 §4.1 allows it for the handshake) only when `Host` equals their authority:
+//!   then there is one host to route by, and it is forwarded as received.
+//! - **HTTP/1.0** requests parse (without `Host`), but a WebSocket attempt over HTTP/1.0 is
+//!   400 [`HandshakeError::UnsupportedVersion`]; versions other than 1.0/1.1 are 505.
+//! - **Non-GET upgrade** is 405 with `Allow: GET` ([`HandshakeError::MethodNotAllowed`]), like
+//!   gorilla/websocket and ws.
+//! - **A body on an upgrade** (`Transfer-Encoding`, or `Content-Length` other than 0) is 400:
+//!   the bytes after the head must be WebSocket frames and nothing else.
+//! - **Missing or wrong `Sec-WebSocket-Version`** is 426 with `Sec-WebSocket-Version: 13`.
+//! - **`Host`** must be a plain name (letters, digits, `-._~`), an IPv4 address or a bracketed
+//!   IPv6 literal, with an optional port of up to 5 digits; percent-encoding and
+//!   sub-delimiters are refused (RFC 3986 allows them, no real host needs them).
+
+#![forbid(unsafe_code)]
+
+mod error;
+mod fields;
+mod forward;
+mod read;
+mod request;
+mod response;
+mod route;
+mod upgrade;
+
+pub use error::{HandshakeError, RETRY_AFTER_SECS, Side, error_response};
+pub use forward::{ClientInfo, write_forwarded_request};
+pub use read::{read_request_head, read_response_head};
+pub use request::{Request, parse_request};
+pub use response::{MAX_RESPONSE_HEADERS, ResponseHead};
+pub use route::Router;
+pub use upgrade::{RequestKind, WebSocketUpgrade, classify};

@@ -1,0 +1,232 @@
+//! The backend's response head: its status, its framing, and (for a 101) what the WebSocket
+//! accept check needs (RFC 6455 §4.1, the client's checks of the server's handshake, done here on
+//! the client's behalf so a broken backend is answered with 502 rather than a broken tunnel).
+//!
+//! The head is read by [`crate::read_response_head`]; this module keeps only owned, copied facts
+//! (no borrow of the buffer), so the caller may relay the buffer as it is.
+
+use crate::fields::{has_token, parse_content_length};
+
+/// Most header fields accepted in a backend's response head.
+pub const MAX_RESPONSE_HEADERS: usize = 64;
+
+/// Length of a `Sec-WebSocket-Accept` value: base64 of a 20-byte SHA-1.
+pub(crate) const ACCEPT_LEN: usize = 28;
+
+/// What sluice needs from a backend's response head.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ResponseHead {
+    status: u16,
+    version: u8,
+    head_len: usize,
+    content_length: Option<u64>,
+    transfer_encoding: bool,
+    upgrade_websocket: bool,
+    connection_upgrade: bool,
+    accept: AcceptField,
+}
+
+/// The `Sec-WebSocket-Accept` field as received.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum AcceptField {
+    Missing,
+    Repeated,
+    /// Present once, but not 28 bytes long (so it cannot be right).
+    WrongLength,
+    Value([u8; ACCEPT_LEN]),
+}
+
+impl ResponseHead {
+    /// The status code (100..=999 as httparse reads three digits).
+    pub fn status(&self) -> u16 {
+        self.status
+    }
+
+    /// 0 for HTTP/1.0, 1 for HTTP/1.1.
+    pub fn version(&self) -> u8 {
+        self.version
+    }
+
+    /// Length of the head, blank line included: the buffer's bytes after it are already body,
+    /// or (after a 101) the backend's first frames.
+    pub fn head_len(&self) -> usize {
+        self.head_len
+    }
+
+    /// The `Content-Length`, when present (never together with `Transfer-Encoding`).
+    pub fn content_length(&self) -> Option<u64> {
+        self.content_length
+    }
+
+    /// Whether `Transfer-Encoding` is present (the body is then framed by it, or by the close).
+    pub fn has_transfer_encoding(&self) -> bool {
+        self.transfer_encoding
+    }
+
+    /// An interim response (1xx other than 101): relay it and read the final one.
+    pub fn is_interim(&self) -> bool {
+        (100..200).contains(&self.status) && self.status != 101
+    }
+
+    pub(crate) fn upgrade_websocket(&self) -> bool {
+        self.upgrade_websocket
+    }
+
+    pub(crate) fn connection_upgrade(&self) -> bool {
+        self.connection_upgrade
+    }
+
+    pub(crate) fn accept(&self) -> AcceptField {
+        self.accept
+    }
+}
+
+/// Parses a complete response head (framing already validated by the scanner).
+pub(crate) fn parse_response_head(head: &[u8]) -> Result<ResponseHead, &'static str> {
+    let mut fields = [httparse::EMPTY_HEADER; MAX_RESPONSE_HEADERS];
+    let mut response = httparse::Response::new(&mut fields);
+    match response.parse(head) {
+        Ok(httparse::Status::Complete(len)) if len == head.len() => {}
+        Ok(_) => return Err("response head not understood"),
+        Err(httparse::Error::TooManyHeaders) => return Err("too many header fields in response"),
+        Err(httparse::Error::Version) => return Err("invalid HTTP version in response"),
+        Err(httparse::Error::Status) => return Err("invalid status line in response"),
+        Err(_) => return Err("malformed response head"),
+    }
+    let (Some(status), Some(version)) = (response.code, response.version) else {
+        return Err("response head not understood");
+    };
+    let mut parsed = ResponseHead {
+        status,
+        version,
+        head_len: head.len(),
+        content_length: None,
+        transfer_encoding: false,
+        upgrade_websocket: false,
+        connection_upgrade: false,
+        accept: AcceptField::Missing,
+    };
+    let mut content_lengths = 0usize;
+    for field in response.headers.iter() {
+        let name = field.name;
+        if name.eq_ignore_ascii_case("content-length") {
+            content_lengths += 1;
+            parsed.content_length = Some(
+                parse_content_length(field.value).ok_or("invalid Content-Length in response")?,
+            );
+        } else if name.eq_ignore_ascii_case("transfer-encoding") {
+            parsed.transfer_encoding = true;
+        } else if name.eq_ignore_ascii_case("sec-websocket-accept") {
+            parsed.accept = match parsed.accept {
+                AcceptField::Missing => accept_value(field.value),
+                _ => AcceptField::Repeated,
+            };
+        }
+    }
+    if content_lengths > 1 {
+        return Err("duplicate Content-Length in response");
+    }
+    if parsed.transfer_encoding && parsed.content_length.is_some() {
+        return Err("Content-Length with Transfer-Encoding in response");
+    }
+    let fields = response.headers.iter().map(|f| (f.name, f.value));
+    parsed.upgrade_websocket = has_token(fields.clone(), "upgrade", "websocket");
+    parsed.connection_upgrade = has_token(fields, "connection", "upgrade");
+    Ok(parsed)
+}
+
+fn accept_value(value: &[u8]) -> AcceptField {
+    let value = crate::fields::trim_ows(value);
+    match <[u8; ACCEPT_LEN]>::try_from(value) {
+        Ok(bytes) => AcceptField::Value(bytes),
+        Err(_) => AcceptField::WrongLength,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_a_101() {
+        let head = b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: WebSocket\r\n\
+            Connection: keep-alive, Upgrade\r\nSec-WebSocket-Accept: s3pPLMBiTxaQ9kYGzzhZRbK+xOo=\r\n\r\n";
+        let parsed = parse_response_head(head).expect("valid");
+        assert_eq!(parsed.status(), 101);
+        assert_eq!(parsed.version(), 1);
+        assert_eq!(parsed.head_len(), head.len());
+        assert!(parsed.upgrade_websocket() && parsed.connection_upgrade());
+        assert_eq!(
+            parsed.accept(),
+            AcceptField::Value(*b"s3pPLMBiTxaQ9kYGzzhZRbK+xOo=")
+        );
+        assert!(!parsed.is_interim());
+    }
+
+    #[test]
+    fn framing_of_plain_answers() {
+        let parsed = parse_response_head(b"HTTP/1.1 404 Not Found\r\nContent-Length: 12\r\n\r\n")
+            .expect("ok");
+        assert_eq!(parsed.content_length(), Some(12));
+        assert!(!parsed.has_transfer_encoding());
+        let parsed = parse_response_head(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n")
+            .expect("ok");
+        assert!(parsed.has_transfer_encoding() && parsed.content_length().is_none());
+        let parsed = parse_response_head(b"HTTP/1.1 103 Early Hints\r\n\r\n").expect("ok");
+        assert!(parsed.is_interim());
+    }
+
+    #[test]
+    fn refuses_ambiguous_answers() {
+        let bad: &[&[u8]] = &[
+            b"HTTP/1.1 200 OK\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\n",
+            b"HTTP/1.1 200 OK\r\nContent-Length: 1\r\nTransfer-Encoding: chunked\r\n\r\n",
+            b"HTTP/1.1 200 OK\r\nContent-Length: -1\r\n\r\n",
+            b"HTTP/1.1 200 OK\r\nContent-Length: 1,1\r\n\r\n",
+            b"HTTP/1.1 200 OK\r\nBad Name: x\r\n\r\n",
+            b"HTTP/1.1 200 OK\r\nA: b\r\n c\r\n\r\n",
+            b"HTTP/2 200 OK\r\n\r\n",
+            b"HTTP/1.1 20 OK\r\n\r\n",
+            b"ICY 200 OK\r\n\r\n",
+        ];
+        for head in bad {
+            assert!(
+                parse_response_head(head).is_err(),
+                "{:?}",
+                String::from_utf8_lossy(head)
+            );
+        }
+    }
+
+    #[test]
+    fn counts_accept_fields() {
+        let twice = b"HTTP/1.1 101 S\r\nSec-WebSocket-Accept: a\r\nSec-WebSocket-Accept: b\r\n\r\n";
+        assert_eq!(
+            parse_response_head(twice).expect("ok").accept(),
+            AcceptField::Repeated
+        );
+        let short = b"HTTP/1.1 101 S\r\nSec-WebSocket-Accept: abc\r\n\r\n";
+        assert_eq!(
+            parse_response_head(short).expect("ok").accept(),
+            AcceptField::WrongLength
+        );
+        let none = b"HTTP/1.1 101 S\r\n\r\n";
+        assert_eq!(
+            parse_response_head(none).expect("ok").accept(),
+            AcceptField::Missing
+        );
+    }
+
+    #[test]
+    fn too_many_fields() {
+        let mut head = b"HTTP/1.1 200 OK\r\n".to_vec();
+        for _ in 0..=MAX_RESPONSE_HEADERS {
+            head.extend_from_slice(b"A: b\r\n");
+        }
+        head.extend_from_slice(b"\r\n");
+        assert_eq!(
+            parse_response_head(&head),
+            Err("too many header fields in response")
+        );
+    }
+}
