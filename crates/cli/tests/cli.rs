@@ -1,0 +1,290 @@
+//! The real `sluice` binary: `check` on good and bad files, `run` serving real WebSocket
+//! clients, and real signals.
+
+#![allow(clippy::unwrap_used)]
+
+use std::io::Read;
+use std::net::{SocketAddr, TcpListener};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use futures_util::StreamExt;
+use sluice_testkit::{EchoBackend, Message, ws_connect, ws_roundtrip};
+
+const SLUICE: &str = env!("CARGO_BIN_EXE_sluice");
+
+fn repo() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
+}
+
+/// A file in a fresh directory of its own under the system's temporary directory.
+fn temp_file(name: &str, contents: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!(
+        "sluice-cli-{}-{}",
+        std::process::id(),
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_nanos()
+    ));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join(name);
+    std::fs::write(&path, contents).unwrap();
+    path
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+fn signal(child: &Child, signal: rustix::process::Signal) {
+    let pid = rustix::process::Pid::from_child(child);
+    rustix::process::kill_process(pid, signal).unwrap();
+}
+
+/// Waits for the child to exit within `within`; kills it and fails otherwise.
+fn wait_exit(child: &mut Child, within: Duration) -> std::process::ExitStatus {
+    let deadline = Instant::now() + within;
+    loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            return status;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("sluice did not exit within {within:?}");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+async fn wait_listening(addr: SocketAddr) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while tokio::net::TcpStream::connect(addr).await.is_err() {
+        assert!(Instant::now() < deadline, "sluice never listened on {addr}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[test]
+fn version_and_help() {
+    let out = Command::new(SLUICE).arg("--version").output().unwrap();
+    assert!(out.status.success());
+    assert!(String::from_utf8_lossy(&out.stdout).starts_with("sluice "));
+    let out = Command::new(SLUICE).arg("--help").output().unwrap();
+    let help = String::from_utf8_lossy(&out.stdout);
+    assert!(help.contains("run") && help.contains("check"), "{help}");
+}
+
+#[test]
+fn check_accepts_every_example_config() {
+    for entry in std::fs::read_dir(repo().join("config")).unwrap() {
+        let path = entry.unwrap().path();
+        let out = Command::new(SLUICE)
+            .args(["check", "--config"])
+            .arg(&path)
+            .output()
+            .unwrap();
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            out.status.success(),
+            "{}: {}",
+            path.display(),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(stdout.contains("valid"), "{stdout}");
+    }
+}
+
+#[test]
+fn check_prints_every_error_with_line_and_column_and_exits_64() {
+    let path = temp_file(
+        "bad.toml",
+        r#"[[listeners]]
+name = "public"
+lisen = "127.0.0.1:8080"
+
+[[routes]]
+listener = "pubic"
+pool = "chat"
+
+[pools.chat]
+balance = "rand"
+backends = ["127.0.0.1:9000"]
+
+[timeouts]
+handshake = 5
+"#,
+    );
+    let out = Command::new(SLUICE)
+        .args(["check", "--config"])
+        .arg(&path)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(64));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    for (line, what) in [(3, "lisen"), (6, "pubic"), (10, "rand"), (14, "handshake")] {
+        let prefix = format!("bad.toml:{line}:");
+        assert!(
+            stderr
+                .lines()
+                .any(|l| l.contains(&prefix) && l.contains(what)),
+            "no error for {what} at line {line} in:\n{stderr}"
+        );
+    }
+    // `run` refuses the same file the same way, before binding anything.
+    let out = Command::new(SLUICE)
+        .args(["run", "--config"])
+        .arg(&path)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(64));
+}
+
+#[test]
+fn a_missing_config_file_is_a_clear_error() {
+    let out = Command::new(SLUICE)
+        .args(["check", "--config", "/nonexistent/sluice.toml"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(64));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("/nonexistent/sluice.toml"));
+}
+
+fn run_config(port: u16, backend: SocketAddr, shutdown: &str) -> String {
+    format!(
+        r#"
+[[listeners]]
+name = "public"
+listen = "127.0.0.1:{port}"
+
+[[routes]]
+listener = "public"
+pool = "echo"
+
+[pools.echo]
+backends = ["{backend}"]
+
+[timeouts]
+shutdown = "{shutdown}"
+"#
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn run_serves_websockets_and_sigterm_drains_then_exits_0() {
+    let backend = EchoBackend::spawn().await;
+    let port = free_port();
+    let path = temp_file("run.toml", &run_config(port, backend.addr(), "1s"));
+    let mut child = Command::new(SLUICE)
+        .args(["run", "--config"])
+        .arg(&path)
+        .args(["--log-format", "json"])
+        .env("RUST_LOG", "info")
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let addr = SocketAddr::from(([127, 0, 0, 1], port));
+    wait_listening(addr).await;
+
+    let (mut ws, _) = ws_connect(addr, "/", &[]).await.unwrap();
+    assert_eq!(
+        ws_roundtrip(&mut ws, Message::text("through the binary"))
+            .await
+            .unwrap(),
+        Message::text("through the binary")
+    );
+
+    let started = Instant::now();
+    signal(&child, rustix::process::Signal::TERM);
+    // The live tunnel keeps working during the grace period...
+    assert_eq!(
+        ws_roundtrip(&mut ws, Message::text("still")).await.unwrap(),
+        Message::text("still")
+    );
+    // ...and is closed at the deadline; then the process exits 0.
+    let ended = tokio::time::timeout(Duration::from_secs(10), async {
+        while let Some(Ok(_)) = ws.next().await {}
+    })
+    .await;
+    assert!(ended.is_ok());
+    let status = tokio::task::spawn_blocking(move || {
+        let status = wait_exit(&mut child, Duration::from_secs(10));
+        let mut logs = String::new();
+        child
+            .stderr
+            .take()
+            .unwrap()
+            .read_to_string(&mut logs)
+            .unwrap();
+        (status, logs)
+    })
+    .await
+    .unwrap();
+    assert!(started.elapsed() >= Duration::from_millis(900));
+    assert_eq!(status.0.code(), Some(0), "logs:\n{}", status.1);
+    // JSON logs, one object per line.
+    assert!(
+        status
+            .1
+            .lines()
+            .filter(|l| !l.is_empty())
+            .all(|l| l.starts_with('{')),
+        "{}",
+        status.1
+    );
+    assert!(status.1.contains("shutting down"));
+}
+
+#[tokio::test]
+async fn a_second_sigint_exits_at_once() {
+    let backend = EchoBackend::spawn().await;
+    let port = free_port();
+    let path = temp_file("run.toml", &run_config(port, backend.addr(), "1h"));
+    let mut child = Command::new(SLUICE)
+        .args(["run", "--config"])
+        .arg(&path)
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let addr = SocketAddr::from(([127, 0, 0, 1], port));
+    wait_listening(addr).await;
+    // A live tunnel would hold the first shutdown for an hour.
+    let (_ws, _) = ws_connect(addr, "/", &[]).await.unwrap();
+    signal(&child, rustix::process::Signal::INT);
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert!(
+        child.try_wait().unwrap().is_none(),
+        "first SIGINT must wait for the tunnel"
+    );
+    signal(&child, rustix::process::Signal::INT);
+    let status = tokio::task::spawn_blocking(move || wait_exit(&mut child, Duration::from_secs(5)))
+        .await
+        .unwrap();
+    assert_eq!(status.code(), Some(1));
+}
+
+#[test]
+fn a_port_in_use_is_a_clear_error_and_exit_1() {
+    let taken = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = taken.local_addr().unwrap().port();
+    let path = temp_file(
+        "busy.toml",
+        &run_config(port, "127.0.0.1:9".parse().unwrap(), "1s"),
+    );
+    let out = Command::new(SLUICE)
+        .args(["run", "--config"])
+        .arg(&path)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("cannot listen") && stderr.contains(&port.to_string()),
+        "{stderr}"
+    );
+}

@@ -1,0 +1,119 @@
+//! Listening sockets and the accept loop.
+//!
+//! The loop never spins and never exits on an error: descriptor exhaustion (EMFILE/ENFILE) and
+//! kernel memory pressure pause it with a growing back-off while established tunnels go on;
+//! connection-level errors (a client that reset before accept) are skipped. Connections over
+//! the limit are answered 503 without being read and closed at once, so the kernel's accept
+//! queue keeps draining and clients learn why.
+
+use std::io;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::net::{TcpListener, TcpStream};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::{Instrument, debug, debug_span, warn};
+
+use crate::{BoundListener, Shared, conn};
+
+/// Backlog asked of the kernel (capped by `net.core.somaxconn`).
+const BACKLOG: i32 = 4096;
+const BACKOFF_MIN: Duration = Duration::from_millis(10);
+const BACKOFF_MAX: Duration = Duration::from_secs(1);
+
+/// The answer to a client over the connection limit, written without reading its request.
+const OVER_LIMIT: &[u8] = b"HTTP/1.1 503 Service Unavailable\r\nContent-Type: text/plain\r\nContent-Length: 20\r\nRetry-After: 1\r\nConnection: close\r\n\r\nToo many connections";
+
+/// A non-blocking listening socket with `SO_REUSEADDR`, ready for tokio.
+pub(crate) fn bind(addr: SocketAddr) -> io::Result<TcpListener> {
+    let socket = socket2::Socket::new(
+        socket2::Domain::for_address(addr),
+        socket2::Type::STREAM,
+        Some(socket2::Protocol::TCP),
+    )?;
+    socket.set_reuse_address(true)?;
+    socket.set_nonblocking(true)?;
+    socket.bind(&addr.into())?;
+    socket.listen(BACKLOG)?;
+    TcpListener::from_std(socket.into())
+}
+
+/// Accepts until `stop` is cancelled; each admitted connection runs on `connections`.
+pub(crate) async fn accept_loop(
+    shared: Arc<Shared>,
+    listener: BoundListener,
+    stop: CancellationToken,
+    connections: TaskTracker,
+) {
+    let BoundListener { name, listener } = listener;
+    let name: Arc<str> = name.into();
+    let mut backoff = BACKOFF_MIN;
+    loop {
+        let accepted = tokio::select! {
+            () = stop.cancelled() => break,
+            accepted = listener.accept() => accepted,
+        };
+        match accepted {
+            Ok((stream, peer)) => {
+                backoff = BACKOFF_MIN;
+                admit(&shared, &name, stream, peer, &connections);
+            }
+            Err(error) if is_connection_error(&error) => {
+                debug!(listener = %name, %error, "accept: connection gone before accept");
+            }
+            Err(error) => {
+                shared.stats.count_accept_error();
+                warn!(listener = %name, %error, pause = ?backoff, "accept failed; pausing");
+                tokio::select! {
+                    () = stop.cancelled() => break,
+                    () = tokio::time::sleep(backoff) => {}
+                }
+                backoff = (backoff * 2).min(BACKOFF_MAX);
+            }
+        }
+    }
+}
+
+fn admit(
+    shared: &Arc<Shared>,
+    listener: &Arc<str>,
+    stream: TcpStream,
+    peer: SocketAddr,
+    connections: &TaskTracker,
+) {
+    let Ok(permit) = Arc::clone(&shared.connections).try_acquire_owned() else {
+        shared.stats.count_refused_over_limit();
+        debug!(listener = %listener, %peer, "connection limit reached: refused");
+        // Best effort and never waiting: the socket is fresh, its send buffer empty.
+        let _ = stream.try_write(OVER_LIMIT);
+        return;
+    };
+    shared.stats.count_accepted();
+    let id = shared
+        .next_conn_id
+        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let span = debug_span!("conn", id, %peer, listener = %listener);
+    connections.spawn(
+        conn::serve(
+            Arc::clone(shared),
+            Arc::clone(listener),
+            stream,
+            peer,
+            permit,
+        )
+        .instrument(span),
+    );
+}
+
+/// Errors about one connection that died in the accept queue: nothing to pause for.
+fn is_connection_error(error: &io::Error) -> bool {
+    matches!(
+        error.kind(),
+        io::ErrorKind::ConnectionAborted
+            | io::ErrorKind::ConnectionReset
+            | io::ErrorKind::ConnectionRefused
+            | io::ErrorKind::Interrupted
+    )
+}

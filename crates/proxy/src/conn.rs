@@ -1,0 +1,340 @@
+//! One client connection, from admission to close: the L7 act, then the L4 act.
+//!
+//! States, each consuming the previous one's value:
+//! `Reading` (head bytes, deadline) → `Routed` (request, pool) → `Connected` (backend socket,
+//! guard) → `Upgraded` (101 relayed) → `Relaying` (sluice-splice) → closed.
+//! A failure before `Connected` is answered with one response and nothing reaches a backend.
+//! A failure after the head was forwarded is answered too, but never retried elsewhere: the
+//! backend may already act on it.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::BytesMut;
+use sluice_balance::{BackendGuard, Pool};
+use sluice_handshake::{
+    ClientInfo, HandshakeError, RequestKind, classify, error_response, parse_request,
+    read_request_head, read_response_head, write_forwarded_request,
+};
+use sluice_splice::{RelayOptions, Traffic};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio::sync::OwnedSemaphorePermit;
+use tokio::time::Instant;
+use tracing::{debug, warn};
+
+use crate::Shared;
+use crate::snapshot::{Snapshot, canonical};
+
+/// How long a rejected client may keep sending before its connection is closed anyway.
+const LINGER: Duration = Duration::from_secs(2);
+/// How much a rejected client may send during the linger before its connection is closed anyway.
+const LINGER_BYTES: usize = 256 * 1024;
+/// Bound on writing a short answer to a client that does not read.
+const ANSWER_WRITE_TIMEOUT: Duration = Duration::from_secs(5);
+/// First read buffer; it grows up to the head limit only for large heads.
+const INITIAL_HEAD_BUFFER: usize = 4096;
+
+/// Runs one admitted connection to its end.
+pub(crate) async fn serve(
+    shared: Arc<Shared>,
+    listener: Arc<str>,
+    mut client: TcpStream,
+    peer: SocketAddr,
+    _permit: OwnedSemaphorePermit,
+) {
+    let _live = shared.stats.connection();
+    let snapshot = shared.snapshot.load_full();
+    let outcome = handshake(&snapshot, &listener, &mut client, peer).await;
+    // From here on the connection needs only what it holds: a reload may retire this snapshot.
+    let relay_options = relay_options(snapshot.config());
+    drop(snapshot);
+    match outcome {
+        Ok(Handshake::Upgraded { backend, guard }) => {
+            shared.stats.count_upgraded();
+            tunnel(&shared, client, backend, guard, &relay_options).await;
+        }
+        Ok(Handshake::Answered { status }) => {
+            shared.stats.count_backend_failed();
+            debug!(status, "backend answered without upgrading; relayed");
+        }
+        Err(error) => {
+            match error.side() {
+                sluice_handshake::Side::Backend | sluice_handshake::Side::Internal => {
+                    shared.stats.count_backend_failed();
+                    warn!(reason = error.label(), %error, "handshake failed");
+                }
+                sluice_handshake::Side::Client if error.status().is_none() => {
+                    shared.stats.count_abandoned();
+                    debug!(reason = error.label(), %error, "client left during the handshake");
+                }
+                sluice_handshake::Side::Client => {
+                    shared.stats.count_rejected();
+                    debug!(reason = error.label(), %error, "request rejected");
+                }
+            }
+            reject(&mut client, &error).await;
+        }
+    }
+}
+
+/// How the L7 act ended when it did not fail.
+enum Handshake {
+    /// The backend answered 101; both sides are ready for the relay.
+    Upgraded {
+        backend: TcpStream,
+        guard: BackendGuard,
+    },
+    /// The backend answered something else, which was relayed to the client.
+    Answered { status: u16 },
+}
+
+/// The L7 act: read, parse, classify, route, pick, connect, forward, read the answer.
+async fn handshake(
+    snapshot: &Snapshot,
+    listener: &str,
+    client: &mut TcpStream,
+    peer: SocketAddr,
+) -> Result<Handshake, HandshakeError> {
+    let config = snapshot.config();
+    let (timeouts, limits) = (config.timeouts, config.limits);
+    let listener = snapshot
+        .listener(listener)
+        .ok_or(HandshakeError::ListenerGone)?;
+
+    // Reading: the whole head within the deadline and the byte limit.
+    let deadline = Instant::now() + timeouts.handshake;
+    let mut buf = BytesMut::with_capacity(INITIAL_HEAD_BUFFER.min(limits.max_head_bytes));
+    let head_len = read_request_head(client, &mut buf, limits.max_head_bytes, deadline).await?;
+    let early = buf.split_off(head_len);
+    let request = parse_request(buf.freeze(), limits.max_headers)?;
+    let upgrade = match classify(&request)? {
+        RequestKind::WebSocket(upgrade) => upgrade,
+        RequestKind::Plain => return Err(HandshakeError::NotUpgrade),
+    };
+
+    // Routed.
+    let pool_index = listener.router().route(&request)?;
+    let pool = snapshot
+        .pool(pool_index)
+        .ok_or(HandshakeError::ListenerGone)?;
+    let peer_ip = canonical(peer.ip());
+    let mut forwarded = Vec::with_capacity(request.head_bytes().len() + 128 + early.len());
+    write_forwarded_request(
+        &request,
+        &ClientInfo {
+            addr: peer_ip,
+            tls: false,
+            trusted: listener.trusts(peer_ip),
+        },
+        &mut forwarded,
+    );
+    // Bytes the client sent after its head (a first WebSocket frame) follow it unchanged.
+    forwarded.extend_from_slice(&early);
+    drop(early);
+
+    // Connected.
+    let (mut backend, guard) = connect(pool, timeouts.connect).await?;
+    debug!(backend = %guard.addr(), pool = pool.name(), "connected");
+    backend
+        .write_all(&forwarded)
+        .await
+        .map_err(|source| HandshakeError::BackendIo {
+            backend: Some(guard.addr()),
+            source,
+        })?;
+    drop(forwarded);
+
+    // The backend's answer. Interim answers (100, 103) are relayed as they come; the final
+    // one decides.
+    let mut answer = BytesMut::with_capacity(INITIAL_HEAD_BUFFER.min(limits.max_head_bytes));
+    let response_deadline = Instant::now() + timeouts.response;
+    let response = loop {
+        let response = read_response_head(
+            &mut backend,
+            &mut answer,
+            limits.max_head_bytes,
+            response_deadline,
+        )
+        .await
+        .map_err(|e| e.with_backend(guard.addr()))?;
+        if !response.is_interim() {
+            break response;
+        }
+        let interim = answer.split_to(response.head_len());
+        write_answer(client, &interim).await?;
+    };
+    if response.status() == 101 {
+        upgrade
+            .check_response(&response)
+            .map_err(|e| e.with_backend(guard.addr()))?;
+        // The 101 head and any bytes the backend sent after it, as they came.
+        write_answer(client, &answer).await?;
+        return Ok(Handshake::Upgraded { backend, guard });
+    }
+    let body_read = answer.len().saturating_sub(response.head_len());
+    let body_left = response
+        .content_length()
+        .map(|length| length.saturating_sub(body_read as u64));
+    relay_answer(client, &mut backend, &answer, body_left, response_deadline).await;
+    Ok(Handshake::Answered {
+        status: response.status(),
+    })
+}
+
+/// Tries the pool's candidates in order until one accepts the TCP connection. Refusals and
+/// connect timeouts move on to the next candidate; the last failure is the answer.
+async fn connect(
+    pool: &Pool,
+    timeout: Duration,
+) -> Result<(TcpStream, BackendGuard), HandshakeError> {
+    let mut picker = pool.picker();
+    let mut last_error = None;
+    while let Some(guard) = picker.next_backend() {
+        let addr = guard.addr();
+        match tokio::time::timeout(timeout, TcpStream::connect(addr)).await {
+            Ok(Ok(stream)) => {
+                let _ = stream.set_nodelay(true);
+                return Ok((stream, guard));
+            }
+            Ok(Err(source)) => {
+                warn!(backend = %addr, error = %source, "connect failed");
+                last_error = Some(HandshakeError::BackendRefused {
+                    backend: addr,
+                    source,
+                });
+            }
+            Err(_) => {
+                warn!(backend = %addr, timeout = ?timeout, "connect timed out");
+                last_error = Some(HandshakeError::BackendConnectTimeout { backend: addr });
+            }
+        }
+    }
+    Err(last_error.unwrap_or_else(|| HandshakeError::NoBackend {
+        pool: pool.name().to_owned(),
+    }))
+}
+
+/// The L4 act: relay until both sides are done, or the tunnel is stopped.
+async fn tunnel(
+    shared: &Shared,
+    client: TcpStream,
+    backend: TcpStream,
+    guard: BackendGuard,
+    options: &RelayOptions,
+) {
+    let _tunnel = shared.stats.tunnel();
+    let traffic = Traffic::default();
+    let report = sluice_splice::relay(
+        client,
+        backend,
+        options,
+        &shared.pipes,
+        &traffic,
+        shared.stop_tunnels.cancelled(),
+    )
+    .await;
+    debug!(
+        backend = %guard.addr(),
+        closed_by = report.closed_by.label(),
+        client_to_backend = report.client_to_backend,
+        backend_to_client = report.backend_to_client,
+        spliced = report.spliced_bytes,
+        copied = report.copied_bytes,
+        duration = ?report.duration,
+        "tunnel closed"
+    );
+    drop(guard);
+}
+
+fn relay_options(config: &sluice_config::Config) -> RelayOptions {
+    RelayOptions {
+        mode: match config.relay.mode {
+            sluice_config::RelayMode::Auto => sluice_splice::RelayMode::Auto,
+            sluice_config::RelayMode::Splice => sluice_splice::RelayMode::Splice,
+            sluice_config::RelayMode::Copy => sluice_splice::RelayMode::Copy,
+        },
+        buffer_size: config.relay.buffer_size,
+        idle_timeout: config.timeouts.tunnel_idle,
+    }
+}
+
+/// Writes bytes the client must see before anything else; a client that cannot take them is gone.
+async fn write_answer(client: &mut TcpStream, bytes: &[u8]) -> Result<(), HandshakeError> {
+    match tokio::time::timeout(ANSWER_WRITE_TIMEOUT, client.write_all(bytes)).await {
+        Ok(Ok(())) => Ok(()),
+        Ok(Err(_)) | Err(_) => Err(HandshakeError::ClientClosed),
+    }
+}
+
+/// Relays a backend's non-101 answer (head already read, maybe part of the body) to the client:
+/// `body_left` bytes more when its Content-Length says so, else until the backend closes;
+/// bounded by `deadline`.
+async fn relay_answer(
+    client: &mut TcpStream,
+    backend: &mut TcpStream,
+    head_and_more: &[u8],
+    body_left: Option<u64>,
+    deadline: Instant,
+) {
+    if write_answer(client, head_and_more).await.is_err() {
+        return;
+    }
+    let _ = tokio::time::timeout_at(deadline, async {
+        let mut chunk = [0u8; 8192];
+        let mut left = body_left;
+        loop {
+            if left == Some(0) {
+                break;
+            }
+            let want = left.map_or(chunk.len(), |l| {
+                usize::try_from(l).unwrap_or(usize::MAX).min(chunk.len())
+            });
+            let Some(buf) = chunk.get_mut(..want) else {
+                break;
+            };
+            match backend.read(buf).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => {
+                    if client
+                        .write_all(buf.get(..n).unwrap_or_default())
+                        .await
+                        .is_err()
+                    {
+                        break;
+                    }
+                    left = left.map(|l| l.saturating_sub(n as u64));
+                }
+            }
+        }
+    })
+    .await;
+    let _ = client.shutdown().await;
+}
+
+/// Answers a failed handshake (when the error has an answer) and closes the connection gently:
+/// after the answer, what the client still sends is read and dropped for a moment, so that the
+/// close does not reset the connection before the client has read the answer.
+async fn reject(client: &mut TcpStream, error: &HandshakeError) {
+    let Some(answer) = error_response(error) else {
+        return;
+    };
+    if write_answer(client, &answer).await.is_err() {
+        return;
+    }
+    if client.shutdown().await.is_err() {
+        return;
+    }
+    let _ = tokio::time::timeout(LINGER, async {
+        let mut sink = [0u8; 4096];
+        let mut drained = 0usize;
+        while drained < LINGER_BYTES {
+            match client.read(&mut sink).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => drained += n,
+            }
+        }
+    })
+    .await;
+}

@@ -1,0 +1,118 @@
+//! The routing snapshot: everything a new connection needs to be routed and balanced, built
+//! from one configuration, immutable once built, swapped whole.
+
+use std::sync::Arc;
+
+use ipnet::IpNet;
+use sluice_balance::Pool;
+use sluice_config::{Config, Listener};
+use sluice_handshake::Router;
+
+/// Routes, pools and balancer state of one configuration generation.
+#[derive(Debug)]
+pub struct Snapshot {
+    generation: u64,
+    config: Arc<Config>,
+    pools: Vec<Arc<Pool>>,
+    listeners: Vec<ListenerRuntime>,
+}
+
+/// One listener's compiled routing.
+#[derive(Debug)]
+pub struct ListenerRuntime {
+    config: Listener,
+    router: Router,
+}
+
+impl ListenerRuntime {
+    /// The listener's configuration.
+    pub fn config(&self) -> &Listener {
+        &self.config
+    }
+
+    /// Its compiled routes.
+    pub fn router(&self) -> &Router {
+        &self.router
+    }
+
+    /// Whether a peer's forwarded headers are trusted (appended to rather than replaced).
+    pub fn trusts(&self, peer: std::net::IpAddr) -> bool {
+        let peer = canonical(peer);
+        self.config
+            .trusted_proxies
+            .iter()
+            .any(|net: &IpNet| net.contains(&peer))
+    }
+}
+
+impl Snapshot {
+    /// Builds the snapshot of `config`. Pools also present in `previous` keep the identity and
+    /// live counts of the backends they still list.
+    pub fn build(config: Arc<Config>, previous: Option<&Snapshot>, generation: u64) -> Self {
+        let pools: Vec<Arc<Pool>> = config
+            .pools
+            .iter()
+            .map(|p| {
+                let old = previous.and_then(|s| s.pool_by_name(&p.name));
+                Arc::new(Pool::from_config(p, old.map(|o| &**o)))
+            })
+            .collect();
+        let pool_index = |name: &str| config.pools.iter().position(|p| p.name == name);
+        let listeners = config
+            .listeners
+            .iter()
+            .map(|l| ListenerRuntime {
+                router: Router::new(
+                    config.routes_for(&l.name),
+                    pool_index,
+                    l.unknown_host_status,
+                ),
+                config: l.clone(),
+            })
+            .collect();
+        Self {
+            generation,
+            config,
+            pools,
+            listeners,
+        }
+    }
+
+    /// Which configuration this is: 1 at start, one more per successful reload.
+    pub fn generation(&self) -> u64 {
+        self.generation
+    }
+
+    /// The configuration it was built from.
+    pub fn config(&self) -> &Config {
+        &self.config
+    }
+
+    /// The pools, in configuration order (the router's pool indices point here).
+    pub fn pools(&self) -> &[Arc<Pool>] {
+        &self.pools
+    }
+
+    /// The pool at a router's index.
+    pub fn pool(&self, index: usize) -> Option<&Arc<Pool>> {
+        self.pools.get(index)
+    }
+
+    /// The pool with this name.
+    pub fn pool_by_name(&self, name: &str) -> Option<&Arc<Pool>> {
+        self.pools.iter().find(|p| p.name() == name)
+    }
+
+    /// The listener with this name.
+    pub fn listener(&self, name: &str) -> Option<&ListenerRuntime> {
+        self.listeners.iter().find(|l| l.config.name == name)
+    }
+}
+
+/// An IPv4 peer seen through an IPv6 socket (`::ffff:a.b.c.d`) as the IPv4 address it is.
+pub(crate) fn canonical(ip: std::net::IpAddr) -> std::net::IpAddr {
+    match ip {
+        std::net::IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(ip, std::net::IpAddr::V4),
+        v4 => v4,
+    }
+}
