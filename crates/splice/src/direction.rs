@@ -1,0 +1,566 @@
+//! One direction of a tunnel (source → destination) as a poll-driven state machine.
+//!
+//! ```text
+//!          source readable: take a pipe            bytes pending (pipe or buffer)
+//!   dry ───────────────────────────────────▶ read ─────────────────────────────▶ write
+//!    ▲     (Auto/Splice) or a buffer (Copy)   │ ▲                                  │
+//!    │                                        │ └──────── all written out ─────────┘
+//!    └── source would block: give both back ──┘
+//!
+//!   read 0 bytes ──▶ write out the rest ──▶ shutdown(SHUT_WR) on the destination ──▶ done
+//!   any I/O error ──▶ the tunnel ends (a pipe still holding bytes is closed, not pooled)
+//! ```
+//!
+//! Each poll loops: write out what is pending (pipe or buffer), pass end of stream on when the
+//! source ended and nothing is pending, else read once more, through a pipe or a buffer. It
+//! returns `Pending` when the destination is full, when the source is empty (then the direction
+//! gives its pipe and buffer back: it is *dry*), or after [`OPS_PER_POLL`] reads (then it wakes
+//! itself, so one busy direction cannot starve the other or the timers). The pipe/buffer choice
+//! is made before each read, only when nothing is pending, so a switch never reorders bytes.
+//!
+//! Readiness is tokio's, and only true EAGAINs clear it: `poll_read_ready` / `poll_write_ready`
+//! register interest, `try_io` clears readiness when the syscall says `WouldBlock`. A socket →
+//! pipe splice only ever runs on an **empty** pipe, so its EAGAIN can only mean "socket empty";
+//! pipe → socket moves exactly the bytes counted in the pipe, so its EAGAIN can only mean
+//! "socket full". A short splice read is *not* taken as "socket drained" (tokio does that for
+//! `read`): the pipe may have run out of slots with data still queued, and clearing readiness
+//! then would stall the direction; the next read finds out with one EAGAIN.
+
+use std::io;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::task::{Context, Poll, ready};
+
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+
+use crate::buffer::Buf;
+use crate::error::RelayError;
+use crate::policy::Policy;
+use crate::pool::{PipePool, PooledPipe};
+use crate::stats::STATS;
+use crate::{RelayMode, Side};
+
+/// Reads a direction makes per poll before yielding to the rest of the task.
+pub(crate) const OPS_PER_POLL: u32 = 16;
+
+/// One direction of a tunnel, `from` its source side to the other.
+#[derive(Debug)]
+pub(crate) struct Direction<'p> {
+    from: Side,
+    mode: RelayMode,
+    buffer_size: usize,
+    pool: Option<&'p PipePool>,
+    policy: Policy,
+    /// The copy buffer, held only while bytes sit in it (`start..end`) or a read is under way.
+    buf: Option<Buf>,
+    start: usize,
+    end: usize,
+    /// The pipe, held only while splicing a burst.
+    pipe: Option<PooledPipe<'p>>,
+    /// The pool refused a pipe during this burst: copy until the source runs dry.
+    refused: bool,
+    /// Bytes were written since the last flush (matters for TLS writers, not TCP).
+    need_flush: bool,
+    read_eof: bool,
+    done: bool,
+    delta: Delta,
+    spliced: u64,
+    copied: u64,
+}
+
+/// What moved since the last [`Direction::flush`].
+#[derive(Debug, Default)]
+struct Delta {
+    spliced: u64,
+    copied: u64,
+    splice_calls: u64,
+    fallbacks: u64,
+    read: bool,
+}
+
+impl<'p> Direction<'p> {
+    /// A direction reading from `from`. `buffer_size` must be at least 1. Without a pool it
+    /// only copies.
+    pub(crate) fn new(
+        from: Side,
+        mode: RelayMode,
+        buffer_size: usize,
+        pool: Option<&'p PipePool>,
+    ) -> Self {
+        Self {
+            from,
+            mode,
+            buffer_size,
+            pool,
+            policy: Policy::default(),
+            buf: None,
+            start: 0,
+            end: 0,
+            pipe: None,
+            refused: false,
+            need_flush: false,
+            read_eof: false,
+            done: false,
+            delta: Delta::default(),
+            spliced: 0,
+            copied: 0,
+        }
+    }
+
+    /// The side this direction reads from.
+    pub(crate) fn from(&self) -> Side {
+        self.from
+    }
+
+    /// The source reached end of stream (whatever is pending may still be on its way).
+    pub(crate) fn read_eof(&self) -> bool {
+        self.read_eof
+    }
+
+    /// End of stream was passed on to the destination: nothing more to do.
+    pub(crate) fn is_done(&self) -> bool {
+        self.done
+    }
+
+    /// Bytes delivered by splice, as of the last flush.
+    pub(crate) fn spliced(&self) -> u64 {
+        self.spliced
+    }
+
+    /// Bytes delivered through a buffer, as of the last flush.
+    pub(crate) fn copied(&self) -> u64 {
+        self.copied
+    }
+
+    /// Publishes what moved since the last call to the tunnel's `traffic` counter and the
+    /// process stats. Returns whether any byte was read or written.
+    pub(crate) fn flush(&mut self, traffic: &AtomicU64) -> bool {
+        let d = std::mem::take(&mut self.delta);
+        let moved = d.spliced + d.copied;
+        if moved > 0 {
+            traffic.fetch_add(moved, Relaxed);
+            self.spliced += d.spliced;
+            self.copied += d.copied;
+            if d.spliced > 0 {
+                STATS.spliced_bytes.fetch_add(d.spliced, Relaxed);
+            }
+            if d.copied > 0 {
+                STATS.copied_bytes.fetch_add(d.copied, Relaxed);
+            }
+        }
+        if d.splice_calls > 0 {
+            STATS.splice_calls.fetch_add(d.splice_calls, Relaxed);
+        }
+        if d.fallbacks > 0 {
+            STATS.copy_fallbacks.fetch_add(d.fallbacks, Relaxed);
+        }
+        moved > 0 || d.read
+    }
+
+    /// Moves bytes through a buffer only, between any streams. `Ready(Ok(()))` once end of
+    /// stream has been passed on.
+    pub(crate) fn poll_copy<R, W>(
+        &mut self,
+        cx: &mut Context<'_>,
+        src: &mut R,
+        dst: &mut W,
+    ) -> Poll<Result<(), RelayError>>
+    where
+        R: AsyncRead + Unpin + ?Sized,
+        W: AsyncWrite + Unpin + ?Sized,
+    {
+        let mut budget = OPS_PER_POLL;
+        loop {
+            ready!(self.poll_write_buf(cx, dst))?;
+            if self.read_eof {
+                return self.poll_finish(cx, dst);
+            }
+            if !spend(&mut budget, cx) {
+                return Poll::Pending;
+            }
+            match self.poll_read_buf(cx, src) {
+                Poll::Pending => return self.park(cx, dst),
+                Poll::Ready(n) => self.on_read(n?),
+            }
+        }
+    }
+
+    /// Moves bytes between two TCP sockets: spliced or copied per the mode, the policy and the
+    /// pool. `Ready(Ok(()))` once end of stream has been passed on.
+    #[cfg(target_os = "linux")]
+    pub(crate) fn poll_tcp(
+        &mut self,
+        cx: &mut Context<'_>,
+        src: &mut tokio::net::TcpStream,
+        dst: &mut tokio::net::TcpStream,
+    ) -> Poll<Result<(), RelayError>> {
+        let mut budget = OPS_PER_POLL;
+        loop {
+            ready!(self.poll_drain_pipe(cx, dst))?;
+            ready!(self.poll_write_buf(cx, dst))?;
+            if self.read_eof {
+                return self.poll_finish(cx, dst);
+            }
+            if !spend(&mut budget, cx) {
+                return Poll::Pending;
+            }
+            if !self.wants_pipe() {
+                // Empty here (drained above): back to the pool.
+                self.pipe = None;
+            } else if self.pipe.is_none() {
+                // Take a pipe only once the source has data: a dry direction holds none.
+                match src.poll_read_ready(cx) {
+                    Poll::Pending => return self.park(cx, dst),
+                    Poll::Ready(Err(e)) => return Poll::Ready(Err(read_error(self.from, e))),
+                    Poll::Ready(Ok(())) => {}
+                }
+                self.policy.on_ready();
+                if self.wants_pipe() {
+                    self.take_pipe();
+                }
+            }
+            let from = self.from;
+            let read = match self.pipe.as_mut() {
+                Some(pipe) => {
+                    poll_fill(cx, pipe, src, &mut self.delta).map_err(|e| read_error(from, e))
+                }
+                None => self.poll_read_buf(cx, src),
+            };
+            match read {
+                Poll::Pending => return self.park(cx, dst),
+                Poll::Ready(n) => self.on_read(n?),
+            }
+        }
+    }
+
+    /// Off Linux, TCP sockets are copied like any stream.
+    #[cfg(not(target_os = "linux"))]
+    pub(crate) fn poll_tcp(
+        &mut self,
+        cx: &mut Context<'_>,
+        src: &mut tokio::net::TcpStream,
+        dst: &mut tokio::net::TcpStream,
+    ) -> Poll<Result<(), RelayError>> {
+        self.poll_copy(cx, src, dst)
+    }
+
+    /// Whether the next read should go through a pipe.
+    #[cfg(target_os = "linux")]
+    fn wants_pipe(&self) -> bool {
+        let by_mode = match self.mode {
+            RelayMode::Copy => false,
+            RelayMode::Splice => true,
+            RelayMode::Auto => self.policy.streamer(),
+        };
+        by_mode && !self.refused && self.pool.is_some()
+    }
+
+    /// Borrows a pipe for this burst, or records the fallback to copying.
+    #[cfg(target_os = "linux")]
+    fn take_pipe(&mut self) {
+        match self.pool.and_then(PipePool::get) {
+            Some(pipe) => {
+                // The buffer is empty here (written out before any read).
+                self.buf = None;
+                self.pipe = Some(pipe);
+            }
+            None => {
+                self.delta.fallbacks += 1;
+                self.refused = true;
+                // Auto: wait for another run of large reads before asking again.
+                self.policy.reset();
+            }
+        }
+    }
+
+    /// Writes the pipe out. `Ready(Ok)` when the pipe is empty (or there is none).
+    #[cfg(target_os = "linux")]
+    fn poll_drain_pipe(
+        &mut self,
+        cx: &mut Context<'_>,
+        dst: &tokio::net::TcpStream,
+    ) -> Poll<Result<(), RelayError>> {
+        let Some(pipe) = self.pipe.as_mut() else {
+            return Poll::Ready(Ok(()));
+        };
+        let from = self.from;
+        poll_drain(cx, pipe, dst, &mut self.delta).map_err(|e| write_error(from, e))
+    }
+
+    /// Writes the buffer out. `Ready(Ok)` when nothing is left in it.
+    fn poll_write_buf<W>(
+        &mut self,
+        cx: &mut Context<'_>,
+        dst: &mut W,
+    ) -> Poll<Result<(), RelayError>>
+    where
+        W: AsyncWrite + Unpin + ?Sized,
+    {
+        while self.start < self.end {
+            let Some(chunk) = self
+                .buf
+                .as_ref()
+                .and_then(|b| b.as_slice().get(self.start..self.end))
+            else {
+                break;
+            };
+            match ready!(Pin::new(&mut *dst).poll_write(cx, chunk)) {
+                Ok(0) => {
+                    let e = io::ErrorKind::WriteZero.into();
+                    return Poll::Ready(Err(write_error(self.from, e)));
+                }
+                Ok(n) => {
+                    let n = n.min(chunk.len());
+                    self.start += n;
+                    self.delta.copied += widen(n);
+                    self.need_flush = true;
+                }
+                Err(e) => return Poll::Ready(Err(write_error(self.from, e))),
+            }
+        }
+        self.start = 0;
+        self.end = 0;
+        Poll::Ready(Ok(()))
+    }
+
+    /// Reads once into the buffer, taking one if needed; gives it back if the source is dry.
+    fn poll_read_buf<R>(
+        &mut self,
+        cx: &mut Context<'_>,
+        src: &mut R,
+    ) -> Poll<Result<usize, RelayError>>
+    where
+        R: AsyncRead + Unpin + ?Sized,
+    {
+        let size = self.buffer_size;
+        let buf = self.buf.get_or_insert_with(|| Buf::take(size));
+        let mut read = ReadBuf::new(buf.as_mut_slice());
+        let polled = Pin::new(src).poll_read(cx, &mut read);
+        let n = read.filled().len();
+        match polled {
+            Poll::Pending => {
+                self.buf = None;
+                Poll::Pending
+            }
+            Poll::Ready(Err(e)) => Poll::Ready(Err(read_error(self.from, e))),
+            Poll::Ready(Ok(())) => {
+                self.start = 0;
+                self.end = n;
+                if n == 0 {
+                    self.buf = None;
+                }
+                Poll::Ready(Ok(n))
+            }
+        }
+    }
+
+    /// Accounts a read of `n` bytes (0: end of stream).
+    fn on_read(&mut self, n: usize) {
+        if n == 0 {
+            self.read_eof = true;
+            return;
+        }
+        self.delta.read = true;
+        if self.mode == RelayMode::Auto {
+            let before = self.policy.streamer();
+            self.policy.on_read(n, self.buffer_size);
+            if self.policy.streamer() != before {
+                tracing::trace!(from = %self.from, splice = !before, "auto relay switched");
+            }
+        }
+    }
+
+    /// The source is dry and nothing is pending: give pipe and buffer back, flush, wait.
+    fn park<W>(&mut self, cx: &mut Context<'_>, dst: &mut W) -> Poll<Result<(), RelayError>>
+    where
+        W: AsyncWrite + Unpin + ?Sized,
+    {
+        debug_assert!(self.pipe.as_ref().is_none_or(PooledPipe::is_empty));
+        debug_assert!(self.start == self.end);
+        self.pipe = None;
+        self.buf = None;
+        self.refused = false;
+        self.policy.on_dry();
+        if self.need_flush {
+            match Pin::new(dst).poll_flush(cx) {
+                Poll::Ready(Ok(())) => self.need_flush = false,
+                Poll::Ready(Err(e)) => return Poll::Ready(Err(write_error(self.from, e))),
+                Poll::Pending => {}
+            }
+        }
+        Poll::Pending
+    }
+
+    /// Passes end of stream on: flush, then `shutdown(SHUT_WR)` (or the stream's equivalent).
+    fn poll_finish<W>(&mut self, cx: &mut Context<'_>, dst: &mut W) -> Poll<Result<(), RelayError>>
+    where
+        W: AsyncWrite + Unpin + ?Sized,
+    {
+        self.pipe = None;
+        self.buf = None;
+        if self.need_flush {
+            if let Err(e) = ready!(Pin::new(&mut *dst).poll_flush(cx)) {
+                return Poll::Ready(Err(write_error(self.from, e)));
+            }
+            self.need_flush = false;
+        }
+        match ready!(Pin::new(dst).poll_shutdown(cx)) {
+            Ok(()) => {}
+            // The peer is already gone; the other direction, if still running, will say how.
+            Err(e) if e.kind() == io::ErrorKind::NotConnected => {}
+            Err(source) => {
+                return Poll::Ready(Err(RelayError::Shutdown {
+                    side: self.from.peer(),
+                    source,
+                }));
+            }
+        }
+        self.done = true;
+        Poll::Ready(Ok(()))
+    }
+}
+
+/// Reading from `from` failed.
+fn read_error(from: Side, source: io::Error) -> RelayError {
+    RelayError::Read { side: from, source }
+}
+
+/// Writing what came `from` one side to the other side failed.
+fn write_error(from: Side, source: io::Error) -> RelayError {
+    RelayError::Write {
+        side: from.peer(),
+        source,
+    }
+}
+
+/// Takes one unit of the per-poll budget; when none is left, schedules another poll.
+fn spend(budget: &mut u32, cx: &mut Context<'_>) -> bool {
+    if *budget == 0 {
+        cx.waker().wake_by_ref();
+        return false;
+    }
+    *budget -= 1;
+    true
+}
+
+/// Splices from `src` into the (empty) pipe: one read. `Pending` only on a true "socket empty".
+#[cfg(target_os = "linux")]
+fn poll_fill(
+    cx: &mut Context<'_>,
+    pipe: &mut PooledPipe<'_>,
+    src: &tokio::net::TcpStream,
+    delta: &mut Delta,
+) -> Poll<io::Result<usize>> {
+    use tokio::io::Interest;
+    loop {
+        ready!(src.poll_read_ready(cx))?;
+        let res = src.try_io(Interest::READABLE, || {
+            delta.splice_calls += 1;
+            pipe.fill_from(src)
+        });
+        match res {
+            Err(e) if crate::sys::would_block(&e) || interrupted(&e) => {}
+            res => return Poll::Ready(res),
+        }
+    }
+}
+
+/// Splices the whole pipe into `dst`. `Pending` only on a true "socket full".
+#[cfg(target_os = "linux")]
+fn poll_drain(
+    cx: &mut Context<'_>,
+    pipe: &mut PooledPipe<'_>,
+    dst: &tokio::net::TcpStream,
+    delta: &mut Delta,
+) -> Poll<io::Result<()>> {
+    use tokio::io::Interest;
+    while !pipe.is_empty() {
+        ready!(dst.poll_write_ready(cx))?;
+        let res = dst.try_io(Interest::WRITABLE, || {
+            delta.splice_calls += 1;
+            pipe.drain_to(dst)
+        });
+        match res {
+            Ok(0) => return Poll::Ready(Err(io::ErrorKind::WriteZero.into())),
+            Ok(n) => delta.spliced += widen(n),
+            Err(e) if crate::sys::would_block(&e) || interrupted(&e) => {}
+            Err(e) => return Poll::Ready(Err(e)),
+        }
+    }
+    Poll::Ready(Ok(()))
+}
+
+/// EINTR: retry (the readiness was not consumed).
+#[cfg(target_os = "linux")]
+fn interrupted(e: &io::Error) -> bool {
+    e.kind() == io::ErrorKind::Interrupted
+}
+
+/// `usize` → `u64`, lossless on every target Rust supports (pointers are at most 64 bits).
+fn widen(n: usize) -> u64 {
+    n as u64
+}
+
+#[cfg(test)]
+#[cfg(target_os = "linux")]
+mod tests {
+    use std::future::poll_fn;
+
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::net::{TcpListener, TcpStream};
+
+    use super::*;
+
+    async fn tcp_pair() -> (TcpStream, TcpStream) {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let connect = TcpStream::connect(listener.local_addr().unwrap());
+        let (a, b) = tokio::join!(connect, listener.accept());
+        (a.unwrap(), b.unwrap().0)
+    }
+
+    /// Moves a burst through one direction, then checks that the dry direction holds nothing.
+    #[tokio::test]
+    async fn a_dry_direction_holds_no_pipe_and_no_buffer() {
+        for mode in [RelayMode::Splice, RelayMode::Copy, RelayMode::Auto] {
+            let pool = PipePool::new(4, 0);
+            let (mut writer, mut src) = tcp_pair().await;
+            let (mut dst, mut reader) = tcp_pair().await;
+            let mut dir = Direction::new(Side::Client, mode, 4096, Some(&pool));
+            let burst = vec![7u8; 100_000];
+            writer.write_all(&burst).await.unwrap();
+
+            let mut got = vec![0u8; burst.len()];
+            let mut filled = 0;
+            let mut rest = std::pin::pin!(async {
+                while filled < got.len() {
+                    filled += reader.read(&mut got[filled..]).await.unwrap();
+                }
+            });
+            // Poll the direction and the reader together until the reader has everything.
+            poll_fn(|cx| {
+                assert!(dir.poll_tcp(cx, &mut src, &mut dst).is_pending());
+                rest.as_mut().poll(cx)
+            })
+            .await;
+            // One more poll: the source is empty, so the direction parks.
+            poll_fn(|cx| {
+                let polled = dir.poll_tcp(cx, &mut src, &mut dst);
+                Poll::Ready(polled.is_pending())
+            })
+            .await
+            .then_some(())
+            .unwrap();
+
+            assert_eq!(got, burst);
+            assert!(dir.pipe.is_none(), "{mode:?}: dry direction holds a pipe");
+            assert!(dir.buf.is_none(), "{mode:?}: dry direction holds a buffer");
+            assert_eq!(pool.in_use(), 0);
+            dir.flush(&AtomicU64::new(0));
+            match mode {
+                RelayMode::Splice => assert_eq!(dir.spliced(), 100_000),
+                RelayMode::Copy => assert_eq!(dir.copied(), 100_000),
+                RelayMode::Auto => assert_eq!(dir.spliced() + dir.copied(), 100_000),
+            }
+        }
+    }
+}

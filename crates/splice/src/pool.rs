@@ -1,0 +1,338 @@
+//! The pipe pool shared by every tunnel (HAProxy `src/pipe.c`: `get_pipe` / `put_pipe`).
+//!
+//! A direction takes a pipe when data arrives and gives it back as soon as the pipe is empty and
+//! the source has nothing more to read, so an idle tunnel holds none. The pool caps the pipes that
+//! exist (idle here + lent out): over the cap [`PipePool::get`] returns `None` and the direction
+//! copies through a buffer instead. A pipe dropped while still holding bytes (its destination
+//! died) is closed, never returned: its bytes belong to a dead tunnel.
+//!
+//! The free list is sharded by thread: each worker thread pushes and pops its own
+//! `Mutex<Vec<Pipe>>`, so the lock is uncontended in practice (one atomic swap each way) and held
+//! for a `Vec::pop`/`push`. It is taken once per burst of traffic (when a direction starts or
+//! stops splicing), never per chunk. Only when its own shard is empty does a thread look at the
+//! others, with `try_lock`.
+
+use std::cell::Cell;
+use std::fmt;
+use std::num::NonZeroUsize;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering::Relaxed};
+use std::sync::{Mutex, MutexGuard, PoisonError};
+
+use crate::stats::STATS;
+use crate::sys::Pipe;
+
+/// Most free-list shards, whatever the machine.
+const MAX_SHARDS: usize = 64;
+
+/// Pipes shared by all tunnels of a process: a capped pool, filled lazily, never shrunk.
+///
+/// Share it as `Arc<PipePool>`; [`crate::relay`] borrows it.
+pub struct PipePool {
+    max_pipes: usize,
+    pipe_size: usize,
+    /// Pipes that exist: idle in a shard plus lent to a direction. Never above `max_pipes`.
+    held: AtomicUsize,
+    /// Pipes lent to a direction right now.
+    lent: AtomicUsize,
+    shards: Box<[Mutex<Vec<Pipe>>]>,
+}
+
+impl PipePool {
+    /// A pool holding at most `max_pipes` pipes (0 disables splicing: every direction copies),
+    /// each asked to hold `pipe_size` bytes (0 keeps the kernel default, 64 KiB).
+    ///
+    /// No pipe is created here; they are made on first demand and kept for reuse. Each pipe is
+    /// two file descriptors and counts against the user's pipe budget
+    /// (`fs.pipe-user-pages-soft`): past it the kernel refuses the size (the pipe keeps two
+    /// pages, see [`crate::RelayStats::pipes_undersized`]). Run with `CAP_SYS_RESOURCE` or raise
+    /// the sysctl when `max_pipes × pipe_size` exceeds it.
+    pub fn new(max_pipes: usize, pipe_size: usize) -> Self {
+        let threads = std::thread::available_parallelism().map_or(1, NonZeroUsize::get);
+        Self::with_shards(max_pipes, pipe_size, threads.min(max_pipes))
+    }
+
+    fn with_shards(max_pipes: usize, pipe_size: usize, shards: usize) -> Self {
+        let shards = shards.clamp(1, MAX_SHARDS);
+        Self {
+            max_pipes,
+            pipe_size,
+            held: AtomicUsize::new(0),
+            lent: AtomicUsize::new(0),
+            shards: (0..shards).map(|_| Mutex::new(Vec::new())).collect(),
+        }
+    }
+
+    /// Pipes lent to tunnels right now.
+    pub fn in_use(&self) -> usize {
+        self.lent.load(Relaxed)
+    }
+
+    /// Pipes waiting in the pool. (Read without a lock: exact when the pool is quiet.)
+    pub fn idle(&self) -> usize {
+        self.held
+            .load(Relaxed)
+            .saturating_sub(self.lent.load(Relaxed))
+    }
+
+    /// The size asked of each pipe (what the kernel grants may differ).
+    pub fn pipe_size(&self) -> usize {
+        self.pipe_size
+    }
+
+    /// The cap on pipes held (idle plus in use).
+    pub fn max_pipes(&self) -> usize {
+        self.max_pipes
+    }
+
+    /// Lends an empty pipe: an idle one, or a new one while under the cap. `None` at the cap or
+    /// when the kernel refuses a new pipe (out of file descriptors); the caller copies instead.
+    pub(crate) fn get(&self) -> Option<PooledPipe<'_>> {
+        let pipe = self.pop_idle().or_else(|| self.create())?;
+        self.lent.fetch_add(1, Relaxed);
+        Some(PooledPipe {
+            pool: self,
+            pipe: Some(pipe),
+            len: 0,
+        })
+    }
+
+    fn pop_idle(&self) -> Option<Pipe> {
+        if self.idle() == 0 {
+            return None;
+        }
+        let home = shard_hint();
+        let n = self.shards.len();
+        if let Some(pipe) = self.shard(home).pop() {
+            return Some(pipe);
+        }
+        (1..n).find_map(|i| {
+            self.shards
+                .get((home + i) % n)
+                .and_then(|shard| shard.try_lock().ok())
+                .and_then(|mut free| free.pop())
+        })
+    }
+
+    fn create(&self) -> Option<Pipe> {
+        let max = self.max_pipes;
+        self.held
+            .fetch_update(Relaxed, Relaxed, |held| (held < max).then_some(held + 1))
+            .ok()?;
+        match Pipe::new(self.pipe_size) {
+            Ok(pipe) => {
+                STATS.pipes_created.fetch_add(1, Relaxed);
+                if pipe.capacity() < self.pipe_size {
+                    STATS.pipes_undersized.fetch_add(1, Relaxed);
+                    warn_undersized_once(self.pipe_size, pipe.capacity());
+                }
+                Some(pipe)
+            }
+            Err(error) => {
+                self.held.fetch_sub(1, Relaxed);
+                STATS.pipe_create_failures.fetch_add(1, Relaxed);
+                tracing::debug!(%error, "pipe creation failed, copying instead");
+                None
+            }
+        }
+    }
+
+    fn put(&self, pipe: Pipe) {
+        self.shard(shard_hint()).push(pipe);
+        self.lent.fetch_sub(1, Relaxed);
+    }
+
+    fn discard(&self, pipe: Pipe) {
+        drop(pipe);
+        STATS.pipes_discarded.fetch_add(1, Relaxed);
+        self.held.fetch_sub(1, Relaxed);
+        self.lent.fetch_sub(1, Relaxed);
+    }
+
+    fn shard(&self, hint: usize) -> MutexGuard<'_, Vec<Pipe>> {
+        // `shards` is never empty; index modulo its length.
+        let shard = &self.shards[hint % self.shards.len()];
+        // Nothing panics while a shard is locked (push/pop only); if it ever did, the Vec is
+        // still a valid list of pipes.
+        shard.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+impl fmt::Debug for PipePool {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("PipePool")
+            .field("max_pipes", &self.max_pipes)
+            .field("pipe_size", &self.pipe_size)
+            .field("in_use", &self.in_use())
+            .field("idle", &self.idle())
+            .finish()
+    }
+}
+
+/// A pipe lent by a [`PipePool`], with the count of bytes it holds.
+///
+/// Dropped empty, it goes back to the pool; dropped holding bytes, it is closed.
+#[derive(Debug)]
+pub(crate) struct PooledPipe<'p> {
+    pool: &'p PipePool,
+    /// Always `Some` until drop.
+    pipe: Option<Pipe>,
+    /// Bytes spliced in and not yet out: counted from the syscalls' return values.
+    len: usize,
+}
+
+impl PooledPipe<'_> {
+    /// Bytes in the pipe.
+    #[cfg(test)]
+    pub(crate) fn len(&self) -> usize {
+        self.len
+    }
+
+    pub(crate) fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+}
+
+#[cfg(target_os = "linux")]
+impl PooledPipe<'_> {
+    /// Splices from `src` into the pipe, which must be empty (see [`crate::sys`] on EAGAIN).
+    /// `Ok(0)`: `src` reached end of stream.
+    pub(crate) fn fill_from(&mut self, src: impl std::os::fd::AsFd) -> std::io::Result<usize> {
+        debug_assert!(self.is_empty(), "fill only an empty pipe");
+        let Some(pipe) = &self.pipe else {
+            return Ok(0);
+        };
+        let n = pipe.fill_from(src, pipe.capacity())?;
+        self.len += n;
+        Ok(n)
+    }
+
+    /// Splices what the pipe holds into `dst`; returns the bytes moved.
+    pub(crate) fn drain_to(&mut self, dst: impl std::os::fd::AsFd) -> std::io::Result<usize> {
+        let Some(pipe) = &self.pipe else {
+            return Ok(0);
+        };
+        let n = pipe.drain_to(dst, self.len)?;
+        self.len = self.len.saturating_sub(n);
+        Ok(n)
+    }
+}
+
+impl Drop for PooledPipe<'_> {
+    fn drop(&mut self) {
+        if let Some(pipe) = self.pipe.take() {
+            if self.len == 0 {
+                self.pool.put(pipe);
+            } else {
+                self.pool.discard(pipe);
+            }
+        }
+    }
+}
+
+/// This thread's free-list shard: threads are numbered on first use.
+fn shard_hint() -> usize {
+    static NEXT: AtomicUsize = AtomicUsize::new(0);
+    thread_local! {
+        static HINT: Cell<Option<usize>> = const { Cell::new(None) };
+    }
+    HINT.try_with(|hint| {
+        hint.get().unwrap_or_else(|| {
+            let next = NEXT.fetch_add(1, Relaxed);
+            hint.set(Some(next));
+            next
+        })
+    })
+    .unwrap_or(0)
+}
+
+fn warn_undersized_once(asked: usize, got: usize) {
+    static WARNED: AtomicBool = AtomicBool::new(false);
+    if !WARNED.swap(true, Relaxed) {
+        tracing::warn!(
+            asked,
+            got,
+            "the kernel refused the pipe size (fs.pipe-user-pages-soft or fs.pipe-max-size); \
+             pipes keep a smaller size and splice slower: raise the sysctl or grant CAP_SYS_RESOURCE"
+        );
+    }
+}
+
+#[cfg(test)]
+#[cfg(target_os = "linux")]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cap_bounds_pipes_held() {
+        let pool = PipePool::new(2, 0);
+        let a = pool.get().unwrap();
+        let b = pool.get().unwrap();
+        assert!(pool.get().is_none());
+        assert_eq!((pool.in_use(), pool.idle()), (2, 0));
+        drop(a);
+        assert_eq!((pool.in_use(), pool.idle()), (1, 1));
+        let c = pool.get().unwrap();
+        assert_eq!((pool.in_use(), pool.idle()), (2, 0));
+        drop((b, c));
+        assert_eq!((pool.in_use(), pool.idle()), (0, 2));
+    }
+
+    #[test]
+    fn zero_cap_lends_nothing() {
+        let pool = PipePool::new(0, 0);
+        assert!(pool.get().is_none());
+        assert_eq!((pool.in_use(), pool.idle()), (0, 0));
+    }
+
+    #[test]
+    fn empty_pipes_are_reused() {
+        let pool = PipePool::new(4, 0);
+        for _ in 0..10 {
+            let pipe = pool.get().unwrap();
+            assert!(pipe.is_empty());
+        }
+        assert_eq!((pool.in_use(), pool.idle()), (0, 1));
+    }
+
+    #[test]
+    fn pipe_dropped_with_bytes_is_closed_not_returned() {
+        use std::io::Write;
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let mut writer = std::net::TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+        let (reader, _) = listener.accept().unwrap();
+        reader.set_nonblocking(true).unwrap();
+        writer.write_all(b"orphaned").unwrap();
+
+        let pool = PipePool::new(1, 0);
+        let discarded = STATS.pipes_discarded.load(Relaxed);
+        let mut pipe = pool.get().unwrap();
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+        while pipe.is_empty() {
+            match pipe.fill_from(&reader) {
+                Ok(n) => assert!(n > 0),
+                Err(e) if crate::sys::would_block(&e) => {
+                    assert!(std::time::Instant::now() < deadline);
+                }
+                Err(e) => panic!("{e}"),
+            }
+        }
+        assert_eq!(pipe.len(), 8);
+        drop(pipe);
+        assert_eq!((pool.in_use(), pool.idle()), (0, 0));
+        assert!(STATS.pipes_discarded.load(Relaxed) > discarded);
+        // The cap counts it no more: a fresh pipe can be made.
+        assert!(pool.get().is_some());
+    }
+
+    #[test]
+    fn idle_pipes_are_found_from_other_threads() {
+        // One pipe at most: the other thread can only succeed by finding the idle one, in its
+        // own shard or (7 times in 8) in this thread's.
+        let pool = PipePool::with_shards(1, 0, 8);
+        drop(pool.get().unwrap());
+        std::thread::scope(|s| {
+            s.spawn(|| assert!(pool.get().is_some()));
+        });
+        assert_eq!((pool.in_use(), pool.idle()), (0, 1));
+    }
+}

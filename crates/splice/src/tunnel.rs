@@ -1,0 +1,120 @@
+//! The tunnel: two directions, the stop signal and the idle timer, polled by one task.
+//!
+//! One poll of the tunnel checks `stop`, polls each unfinished direction (each does bounded
+//! work), publishes the bytes moved to the [`Traffic`] counters and the process stats, then
+//! checks the idle timer. The timer is lazy: activity only records the time (one clock read per
+//! poll that moved bytes); when the `Sleep` fires early because of that activity, it is pushed
+//! to `last activity + timeout`, never re-armed per chunk.
+
+use std::future::{Future, poll_fn};
+use std::pin::pin;
+use std::sync::atomic::Ordering::Relaxed;
+use std::task::{Context, Poll};
+
+use tokio::time::{Instant, sleep};
+
+use crate::direction::Direction;
+use crate::error::RelayError;
+use crate::stats::STATS;
+use crate::{CloseReason, RelayOptions, RelayReport, Side, Traffic};
+
+/// Runs both directions until the tunnel ends, and reports.
+///
+/// `poll_dir` polls one direction with the right pair of streams (by [`Direction::from`]).
+pub(crate) async fn run<'p, S, F>(
+    mut c2b: Direction<'p>,
+    mut b2c: Direction<'p>,
+    opts: &RelayOptions,
+    traffic: &Traffic,
+    stop: S,
+    mut poll_dir: F,
+) -> RelayReport
+where
+    S: Future<Output = ()>,
+    F: FnMut(&mut Direction<'p>, &mut Context<'_>) -> Poll<Result<(), RelayError>>,
+{
+    let started = Instant::now();
+    let timeout = opts.idle_timeout;
+    let mut stop = pin!(stop);
+    let mut idle = pin!(timeout.map(sleep));
+    let mut last_active = started;
+    let mut first_eof = None;
+
+    let (closed_by, error) = poll_fn(|cx| {
+        if stop.as_mut().poll(cx).is_ready() {
+            return Poll::Ready((CloseReason::Stopped, None));
+        }
+
+        let mut failed = None;
+        for dir in [&mut c2b, &mut b2c] {
+            if dir.is_done() {
+                continue;
+            }
+            if let Poll::Ready(Err(e)) = poll_dir(dir, cx) {
+                failed = Some(e);
+            }
+            if first_eof.is_none() && dir.read_eof() {
+                first_eof = Some(dir.from());
+            }
+            if failed.is_some() {
+                break;
+            }
+        }
+        let c2b_active = c2b.flush(&traffic.client_to_backend);
+        let b2c_active = b2c.flush(&traffic.backend_to_client);
+
+        if let Some(e) = failed {
+            let reason = CloseReason::Error {
+                side: e.side(),
+                kind: e.kind(),
+            };
+            return Poll::Ready((reason, Some(e)));
+        }
+        if c2b.is_done() && b2c.is_done() {
+            let reason = match first_eof.unwrap_or(Side::Client) {
+                Side::Client => CloseReason::Client,
+                Side::Backend => CloseReason::Backend,
+            };
+            return Poll::Ready((reason, None));
+        }
+
+        if let (Some(timeout), Some(mut timer)) = (timeout, idle.as_mut().as_pin_mut()) {
+            if c2b_active || b2c_active {
+                last_active = Instant::now();
+            }
+            while timer.as_mut().poll(cx).is_ready() {
+                let Some(deadline) = last_active.checked_add(timeout) else {
+                    break; // beyond the end of time: never idle
+                };
+                if deadline <= Instant::now() {
+                    return Poll::Ready((CloseReason::IdleTimeout, None));
+                }
+                timer.as_mut().reset(deadline);
+            }
+        }
+        Poll::Pending
+    })
+    .await;
+
+    STATS.tunnels_closed.fetch_add(1, Relaxed);
+    let report = RelayReport {
+        client_to_backend: c2b.spliced() + c2b.copied(),
+        backend_to_client: b2c.spliced() + b2c.copied(),
+        spliced_bytes: c2b.spliced() + b2c.spliced(),
+        copied_bytes: c2b.copied() + b2c.copied(),
+        closed_by,
+        duration: started.elapsed(),
+        error,
+    };
+    tracing::debug!(
+        closed_by = report.closed_by.label(),
+        client_to_backend = report.client_to_backend,
+        backend_to_client = report.backend_to_client,
+        spliced = report.spliced_bytes,
+        copied = report.copied_bytes,
+        duration_ms = report.duration.as_millis(),
+        error = report.error.as_ref().map(tracing::field::display),
+        "tunnel closed"
+    );
+    report
+}

@@ -1,0 +1,705 @@
+//! The relay against real sockets on 127.0.0.1: a test client ↔ [relay] ↔ a test server.
+
+// Test code: a failed unwrap is a failed test (helpers here are not `#[test]` functions).
+#![allow(clippy::unwrap_used)]
+
+use std::io;
+use std::sync::Arc;
+use std::sync::atomic::Ordering::Relaxed;
+use std::time::Duration;
+
+use sluice_splice::{
+    CloseReason, PipePool, RelayMode, RelayOptions, RelayReport, Side, Traffic, relay, relay_copy,
+    stats,
+};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::oneshot;
+use tokio::task::{JoinHandle, JoinSet};
+use tokio::time::{Instant, timeout};
+
+const DEADLINE: Duration = Duration::from_secs(15);
+const MODES: [RelayMode; 3] = [RelayMode::Auto, RelayMode::Splice, RelayMode::Copy];
+
+/// A live tunnel: the test holds both outer ends.
+struct Tunnel {
+    client: TcpStream,
+    server: TcpStream,
+    relay: JoinHandle<RelayReport>,
+    traffic: Arc<Traffic>,
+    stop: Option<oneshot::Sender<()>>,
+}
+
+impl Tunnel {
+    async fn start(opts: RelayOptions, pool: Arc<PipePool>) -> Self {
+        Self::start_with(opts, pool, None).await
+    }
+
+    /// `server_rcvbuf`: a small receive buffer on the server makes the relay hit "destination
+    /// full" often.
+    async fn start_with(
+        opts: RelayOptions,
+        pool: Arc<PipePool>,
+        server_rcvbuf: Option<u32>,
+    ) -> Self {
+        let (client, proxy_client) = tcp_pair().await;
+        let (proxy_backend, server) = match server_rcvbuf {
+            None => tcp_pair().await,
+            Some(size) => small_server_pair(size).await,
+        };
+        let traffic = Arc::new(Traffic::default());
+        let (stop, stopped) = oneshot::channel::<()>();
+        let relay = tokio::spawn({
+            let traffic = traffic.clone();
+            async move {
+                // Only an explicit send stops the tunnel, not the sender's drop.
+                let stop = async {
+                    if stopped.await.is_err() {
+                        std::future::pending::<()>().await;
+                    }
+                };
+                relay(proxy_client, proxy_backend, &opts, &pool, &traffic, stop).await
+            }
+        });
+        Self {
+            client,
+            server,
+            relay,
+            traffic,
+            stop: Some(stop),
+        }
+    }
+
+    async fn report(self) -> RelayReport {
+        timeout(DEADLINE, self.relay)
+            .await
+            .expect("relay did not finish")
+            .unwrap()
+    }
+}
+
+/// Two connected sockets: (connecting end, accepted end).
+async fn tcp_pair() -> (TcpStream, TcpStream) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let connect = TcpStream::connect(listener.local_addr().unwrap());
+    let (connected, accepted) = tokio::join!(connect, listener.accept());
+    let (a, b) = (connected.unwrap(), accepted.unwrap().0);
+    a.set_nodelay(true).unwrap();
+    b.set_nodelay(true).unwrap();
+    (a, b)
+}
+
+/// Like [`tcp_pair`], the accepted end with a small receive buffer (and the connecting end
+/// with a small send buffer).
+async fn small_server_pair(size: u32) -> (TcpStream, TcpStream) {
+    let listener = tokio::net::TcpSocket::new_v4().unwrap();
+    listener.set_recv_buffer_size(size).unwrap();
+    listener.bind("127.0.0.1:0".parse().unwrap()).unwrap();
+    let listener = listener.listen(8).unwrap();
+    let connector = tokio::net::TcpSocket::new_v4().unwrap();
+    connector.set_send_buffer_size(size).unwrap();
+    let connect = connector.connect(listener.local_addr().unwrap());
+    let (connected, accepted) = tokio::join!(connect, listener.accept());
+    (connected.unwrap(), accepted.unwrap().0)
+}
+
+fn opts(mode: RelayMode) -> RelayOptions {
+    RelayOptions {
+        mode,
+        ..RelayOptions::default()
+    }
+}
+
+fn pool() -> Arc<PipePool> {
+    Arc::new(PipePool::new(64, 0))
+}
+
+/// Deterministic pseudo-random bytes (xorshift64), so a reader can check what it got.
+struct Pattern(u64);
+
+impl Pattern {
+    fn new(seed: u64) -> Self {
+        Self(seed | 1)
+    }
+
+    fn fill(&mut self, buf: &mut [u8]) {
+        for b in buf {
+            self.0 ^= self.0 << 13;
+            self.0 ^= self.0 >> 7;
+            self.0 ^= self.0 << 17;
+            *b = self.0 as u8;
+        }
+    }
+}
+
+/// FNV-1a over a stream.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Checksum(u64);
+
+impl Checksum {
+    fn new() -> Self {
+        Self(0xcbf2_9ce4_8422_2325)
+    }
+
+    fn update(&mut self, bytes: &[u8]) {
+        for &b in bytes {
+            self.0 = (self.0 ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3);
+        }
+    }
+}
+
+/// Writes `len` pattern bytes then shuts the write half; returns their checksum.
+async fn send<W: AsyncWrite + Unpin>(w: &mut W, len: usize, seed: u64) -> Checksum {
+    let mut pattern = Pattern::new(seed);
+    let mut sum = Checksum::new();
+    let mut chunk = vec![0; 64 * 1024];
+    let mut left = len;
+    while left > 0 {
+        let n = left.min(chunk.len());
+        pattern.fill(&mut chunk[..n]);
+        sum.update(&chunk[..n]);
+        w.write_all(&chunk[..n]).await.unwrap();
+        left -= n;
+    }
+    w.shutdown().await.unwrap();
+    sum
+}
+
+/// Reads to end of stream; returns the length and checksum.
+async fn receive<R: AsyncRead + Unpin>(r: &mut R) -> (usize, Checksum) {
+    let mut sum = Checksum::new();
+    let mut total = 0;
+    let mut buf = vec![0; 64 * 1024];
+    loop {
+        let n = r.read(&mut buf).await.unwrap();
+        if n == 0 {
+            return (total, sum);
+        }
+        sum.update(&buf[..n]);
+        total += n;
+    }
+}
+
+/// Sends `up` bytes client → server and `down` bytes server → client at once, both ending with
+/// a half-close, and checks every byte on both ends.
+async fn exchange<C, S>(client: C, server: S, up: usize, down: usize)
+where
+    C: AsyncRead + AsyncWrite + Send + 'static,
+    S: AsyncRead + AsyncWrite + Send + 'static,
+{
+    let (mut client_rx, mut client_tx) = tokio::io::split(client);
+    let (mut server_rx, mut server_tx) = tokio::io::split(server);
+    let seed = (up as u64) << 1;
+    let (sent_up, sent_down, got_up, got_down) = tokio::join!(
+        send(&mut client_tx, up, seed),
+        send(&mut server_tx, down, seed + 1),
+        receive(&mut server_rx),
+        receive(&mut client_rx),
+    );
+    assert_eq!(got_up, (up, sent_up), "client → server, {up} bytes");
+    assert_eq!(got_down, (down, sent_down), "server → client, {down} bytes");
+}
+
+async fn wait_until(what: &str, mut done: impl FnMut() -> bool) {
+    let deadline = Instant::now() + DEADLINE;
+    while !done() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+}
+
+async fn ping(from: &mut TcpStream, to: &mut TcpStream, msg: &[u8]) {
+    from.write_all(msg).await.unwrap();
+    let mut got = vec![0; msg.len()];
+    timeout(DEADLINE, to.read_exact(&mut got))
+        .await
+        .expect("ping lost")
+        .unwrap();
+    assert_eq!(got, msg);
+}
+
+const SIZES: [usize; 7] = [
+    1,
+    1000,
+    16 * 1024,
+    64 * 1024 + 1,
+    300_001,
+    1024 * 1024,
+    8 * 1024 * 1024,
+];
+
+async fn bytes_intact(mode: RelayMode) {
+    let pool = pool();
+    let mut tunnels = JoinSet::new();
+    for (i, &size) in SIZES.iter().enumerate() {
+        let pool = pool.clone();
+        // Different sizes each way, so a mixed-up direction cannot pass.
+        let down = SIZES[SIZES.len() - 1 - i];
+        tunnels.spawn(async move {
+            let t = Tunnel::start(opts(mode), pool).await;
+            let (client, server) = (t.client, t.server);
+            exchange(client, server, size, down).await;
+            let report = timeout(DEADLINE, t.relay).await.unwrap().unwrap();
+            (size, down, report)
+        });
+    }
+    while let Some(joined) = tunnels.join_next().await {
+        let (up, down, report) = joined.unwrap();
+        assert_eq!(report.client_to_backend, up as u64, "{mode:?}");
+        assert_eq!(report.backend_to_client, down as u64, "{mode:?}");
+        assert_eq!(
+            report.spliced_bytes + report.copied_bytes,
+            (up + down) as u64
+        );
+        assert!(
+            matches!(report.closed_by, CloseReason::Client | CloseReason::Backend),
+            "{:?}",
+            report.closed_by
+        );
+        assert!(report.error.is_none());
+        match mode {
+            RelayMode::Copy => assert_eq!(report.spliced_bytes, 0),
+            RelayMode::Splice if cfg!(target_os = "linux") => {
+                assert_eq!(report.copied_bytes, 0, "the pool had room");
+            }
+            RelayMode::Splice => {}
+            RelayMode::Auto => {}
+        }
+    }
+    assert_eq!(pool.in_use(), 0, "every pipe returned");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bytes_intact_auto() {
+    bytes_intact(RelayMode::Auto).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bytes_intact_splice() {
+    bytes_intact(RelayMode::Splice).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bytes_intact_copy() {
+    bytes_intact(RelayMode::Copy).await;
+}
+
+#[tokio::test]
+async fn odd_buffer_sizes_keep_bytes_intact() {
+    for buffer_size in [0, 1, 7, 4097] {
+        for mode in MODES {
+            let opts = RelayOptions {
+                mode,
+                buffer_size,
+                idle_timeout: None,
+            };
+            let t = Tunnel::start(opts, pool()).await;
+            exchange(t.client, t.server, 20_000, 30_000).await;
+            let report = timeout(DEADLINE, t.relay).await.unwrap().unwrap();
+            assert_eq!(report.client_to_backend, 20_000);
+            assert_eq!(report.backend_to_client, 30_000);
+        }
+    }
+}
+
+/// A slow reader behind small socket buffers: the relay finds the destination full again and
+/// again with bytes left in its pipe or buffer, and must resume each time without losing
+/// readiness on the source (the EAGAIN rule).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_reader_gets_every_byte() {
+    for mode in MODES {
+        let mut t = Tunnel::start_with(opts(mode), pool(), Some(4096)).await;
+        let len = 2 << 20;
+        let mut client = t.client;
+        let writer = tokio::spawn(async move { send(&mut client, len, 42).await });
+        let mut sum = Checksum::new();
+        let mut got = 0;
+        let mut buf = [0u8; 1500];
+        loop {
+            let n = timeout(DEADLINE, t.server.read(&mut buf))
+                .await
+                .expect("relay stalled")
+                .unwrap();
+            if n == 0 {
+                break;
+            }
+            sum.update(&buf[..n]);
+            got += n;
+            tokio::task::yield_now().await;
+        }
+        assert_eq!((got, sum), (len, writer.await.unwrap()), "{mode:?}");
+        t.server.shutdown().await.unwrap();
+        let report = timeout(DEADLINE, t.relay).await.unwrap().unwrap();
+        assert_eq!(report.client_to_backend, len as u64);
+    }
+}
+
+#[tokio::test]
+async fn client_half_close_still_gets_the_reply() {
+    for mode in MODES {
+        let mut t = Tunnel::start(opts(mode), pool()).await;
+        t.client.write_all(b"request").await.unwrap();
+        t.client.shutdown().await.unwrap();
+
+        let mut request = Vec::new();
+        t.server.read_to_end(&mut request).await.unwrap();
+        assert_eq!(request, b"request");
+        let reply = vec![9u8; 200_000];
+        t.server.write_all(&reply).await.unwrap();
+        t.server.shutdown().await.unwrap();
+
+        let mut got = Vec::new();
+        t.client.read_to_end(&mut got).await.unwrap();
+        assert_eq!(got, reply, "{mode:?}");
+        let report = t.report().await;
+        assert_eq!(report.closed_by, CloseReason::Client, "{mode:?}");
+        assert_eq!(report.client_to_backend, 7);
+        assert_eq!(report.backend_to_client, 200_000);
+    }
+}
+
+#[tokio::test]
+async fn backend_half_close_still_gets_the_request() {
+    for mode in MODES {
+        let mut t = Tunnel::start(opts(mode), pool()).await;
+        t.server.write_all(b"banner").await.unwrap();
+        t.server.shutdown().await.unwrap();
+
+        let mut banner = Vec::new();
+        t.client.read_to_end(&mut banner).await.unwrap();
+        assert_eq!(banner, b"banner");
+        t.client.write_all(b"late words").await.unwrap();
+        t.client.shutdown().await.unwrap();
+
+        let mut got = Vec::new();
+        t.server.read_to_end(&mut got).await.unwrap();
+        assert_eq!(got, b"late words", "{mode:?}");
+        let report = t.report().await;
+        assert_eq!(report.closed_by, CloseReason::Backend, "{mode:?}");
+    }
+}
+
+#[tokio::test]
+async fn backend_reset_ends_the_tunnel_with_an_error() {
+    for mode in MODES {
+        let mut t = Tunnel::start(opts(mode), pool()).await;
+        ping(&mut t.client, &mut t.server, b"hello").await;
+        t.server.set_zero_linger().unwrap();
+        drop(t.server);
+
+        // The client sees its side closed too.
+        let mut rest = Vec::new();
+        let _ = timeout(DEADLINE, t.client.read_to_end(&mut rest))
+            .await
+            .unwrap();
+        let report = timeout(DEADLINE, t.relay).await.unwrap().unwrap();
+        assert_eq!(
+            report.closed_by,
+            CloseReason::Error {
+                side: Side::Backend,
+                kind: io::ErrorKind::ConnectionReset
+            },
+            "{mode:?}"
+        );
+        assert_eq!(report.closed_by.label(), "backend_error");
+        assert!(report.error.is_some());
+    }
+}
+
+#[tokio::test]
+async fn client_reset_ends_the_tunnel_with_an_error() {
+    for mode in MODES {
+        let mut t = Tunnel::start(opts(mode), pool()).await;
+        ping(&mut t.server, &mut t.client, b"hello").await;
+        t.client.set_zero_linger().unwrap();
+        drop(t.client);
+
+        let report = timeout(DEADLINE, t.relay).await.unwrap().unwrap();
+        assert_eq!(
+            report.closed_by,
+            CloseReason::Error {
+                side: Side::Client,
+                kind: io::ErrorKind::ConnectionReset
+            },
+            "{mode:?}"
+        );
+        // The backend sees its side closed.
+        let mut rest = Vec::new();
+        let _ = timeout(DEADLINE, t.server.read_to_end(&mut rest))
+            .await
+            .unwrap();
+    }
+}
+
+#[tokio::test]
+async fn writing_to_a_vanished_client_is_a_client_error() {
+    let pool = pool();
+    let mut t = Tunnel::start(opts(RelayMode::Splice), pool.clone()).await;
+    ping(&mut t.server, &mut t.client, b"hello").await;
+    // The client stops reading and vanishes while the backend streams.
+    drop(t.client);
+    let flood = vec![1u8; 64 * 1024];
+    while t.server.write_all(&flood).await.is_ok() {
+        if t.relay.is_finished() {
+            break;
+        }
+    }
+    let report = timeout(DEADLINE, t.relay).await.unwrap().unwrap();
+    assert!(
+        matches!(
+            report.closed_by,
+            CloseReason::Error {
+                side: Side::Client,
+                ..
+            }
+        ),
+        "{:?}",
+        report.closed_by
+    );
+    assert_eq!(pool.in_use(), 0);
+}
+
+#[tokio::test]
+async fn idle_timeout_closes_a_quiet_tunnel() {
+    let idle = Duration::from_millis(300);
+    for mode in [RelayMode::Splice, RelayMode::Copy] {
+        let opts = RelayOptions {
+            mode,
+            idle_timeout: Some(idle),
+            ..RelayOptions::default()
+        };
+        let mut t = Tunnel::start(opts, pool()).await;
+        // Traffic keeps it open past the timeout...
+        for _ in 0..6 {
+            ping(&mut t.client, &mut t.server, b"ping").await;
+            ping(&mut t.server, &mut t.client, b"pong").await;
+            tokio::time::sleep(idle / 4).await;
+        }
+        assert!(!t.relay.is_finished(), "closed while active");
+        // ...then silence closes it.
+        let quiet = Instant::now();
+        let report = timeout(DEADLINE, t.relay).await.unwrap().unwrap();
+        assert_eq!(report.closed_by, CloseReason::IdleTimeout);
+        // The last byte moved a quarter of the timeout before `quiet`.
+        assert!(quiet.elapsed() >= idle / 2, "{:?}", quiet.elapsed());
+        assert!(report.duration >= idle * 6 / 4);
+        let mut rest = Vec::new();
+        let _ = timeout(DEADLINE, t.client.read_to_end(&mut rest))
+            .await
+            .unwrap();
+    }
+}
+
+#[tokio::test]
+async fn stop_ends_the_tunnel() {
+    for mode in MODES {
+        let mut t = Tunnel::start(opts(mode), pool()).await;
+        ping(&mut t.client, &mut t.server, b"hello").await;
+        t.stop.take().unwrap().send(()).unwrap();
+        let report = timeout(DEADLINE, t.relay).await.unwrap().unwrap();
+        assert_eq!(report.closed_by, CloseReason::Stopped);
+        assert_eq!(report.closed_by.label(), "stopped");
+        let mut rest = Vec::new();
+        let closed = timeout(DEADLINE, t.client.read_to_end(&mut rest)).await;
+        assert!(closed.is_ok(), "the client socket was closed");
+    }
+}
+
+#[tokio::test]
+async fn stop_interrupts_a_busy_tunnel() {
+    let pool = pool();
+    let mut t = Tunnel::start(opts(RelayMode::Auto), pool.clone()).await;
+    let (mut server_rx, _server_tx) = t.server.into_split();
+    let drain = tokio::spawn(async move { receive(&mut server_rx).await });
+    let flood = vec![3u8; 256 * 1024];
+    let traffic = t.traffic.clone();
+    let mut client = t.client;
+    let writer = tokio::spawn(async move { while client.write_all(&flood).await.is_ok() {} });
+    wait_until("bytes to flow", || {
+        traffic.client_to_backend.load(Relaxed) > 4 << 20
+    })
+    .await;
+    t.stop.take().unwrap().send(()).unwrap();
+    let report = timeout(DEADLINE, t.relay).await.unwrap().unwrap();
+    assert_eq!(report.closed_by, CloseReason::Stopped);
+    timeout(DEADLINE, writer).await.unwrap().unwrap();
+    timeout(DEADLINE, drain).await.unwrap().unwrap();
+    assert_eq!(pool.in_use(), 0);
+}
+
+#[cfg(target_os = "linux")]
+#[tokio::test]
+async fn empty_pool_falls_back_to_copy_and_counts_it() {
+    let fallbacks = stats().copy_fallbacks();
+    let t = Tunnel::start(opts(RelayMode::Splice), Arc::new(PipePool::new(0, 0))).await;
+    exchange(t.client, t.server, 1 << 20, 1 << 20).await;
+    let report = timeout(DEADLINE, t.relay).await.unwrap().unwrap();
+    assert_eq!(report.spliced_bytes, 0);
+    assert_eq!(report.copied_bytes, 2 << 20);
+    assert!(stats().copy_fallbacks() >= fallbacks + 2, "both directions");
+}
+
+#[cfg(target_os = "linux")]
+#[tokio::test]
+async fn pipes_go_back_to_the_pool_and_an_idle_tunnel_holds_none() {
+    let pool = pool();
+    let mut t = Tunnel::start(opts(RelayMode::Splice), pool.clone()).await;
+    let created = stats().pipes_created();
+    let mut data = vec![5u8; 200_000];
+    t.client.write_all(&data).await.unwrap();
+    t.server.read_exact(&mut data).await.unwrap();
+    t.server.write_all(&data).await.unwrap();
+    t.client.read_exact(&mut data).await.unwrap();
+
+    // Quiet now: both directions gave their pipe back, the tunnel lives on.
+    wait_until("pipes back in the pool", || pool.in_use() == 0).await;
+    assert!(pool.idle() >= 1);
+    assert!(!t.relay.is_finished());
+    assert!(stats().pipes_created() >= created);
+
+    // The next burst reuses an idle pipe.
+    let idle = pool.idle();
+    ping(&mut t.client, &mut t.server, b"again").await;
+    wait_until("pipe back again", || pool.in_use() == 0).await;
+    assert_eq!(pool.idle(), idle);
+
+    t.client.shutdown().await.unwrap();
+    t.server.shutdown().await.unwrap();
+    let report = t.report().await;
+    assert_eq!(report.copied_bytes, 0);
+    assert_eq!(pool.in_use(), 0);
+}
+
+#[cfg(target_os = "linux")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn auto_splices_bulk_and_copies_chatter() {
+    // Bulk, one way.
+    let t = Tunnel::start(opts(RelayMode::Auto), pool()).await;
+    exchange(t.client, t.server, 8 << 20, 0).await;
+    let bulk = timeout(DEADLINE, t.relay).await.unwrap().unwrap();
+    assert!(bulk.spliced_bytes > 0, "{bulk:?}");
+    assert!(
+        bulk.spliced_bytes > bulk.copied_bytes,
+        "mostly spliced: {bulk:?}"
+    );
+
+    // A ping-pong of small messages.
+    let mut t = Tunnel::start(opts(RelayMode::Auto), pool()).await;
+    for _ in 0..200 {
+        ping(&mut t.client, &mut t.server, &[1; 32]).await;
+        ping(&mut t.server, &mut t.client, &[2; 32]).await;
+    }
+    t.client.shutdown().await.unwrap();
+    t.server.shutdown().await.unwrap();
+    let chatter = t.report().await;
+    assert_eq!(chatter.spliced_bytes, 0, "{chatter:?}");
+    assert_eq!(chatter.copied_bytes, 2 * 200 * 32);
+}
+
+#[tokio::test]
+async fn traffic_counters_move_during_the_tunnel() {
+    for mode in MODES {
+        let mut t = Tunnel::start(opts(mode), pool()).await;
+        ping(&mut t.client, &mut t.server, &[0; 1000]).await;
+        let traffic = t.traffic.clone();
+        wait_until("client → backend bytes counted", || {
+            traffic.client_to_backend.load(Relaxed) == 1000
+        })
+        .await;
+        ping(&mut t.server, &mut t.client, &[0; 321]).await;
+        wait_until("backend → client bytes counted", || {
+            traffic.backend_to_client.load(Relaxed) == 321
+        })
+        .await;
+        assert!(!t.relay.is_finished());
+        t.stop.take().unwrap().send(()).unwrap();
+        let report = timeout(DEADLINE, t.relay).await.unwrap().unwrap();
+        assert_eq!(
+            (report.client_to_backend, report.backend_to_client),
+            (1000, 321)
+        );
+    }
+}
+
+#[tokio::test]
+async fn relay_copy_moves_any_streams() {
+    let (client_app, client_end) = tokio::io::duplex(8 * 1024);
+    let (backend_end, backend_app) = tokio::io::duplex(8 * 1024);
+    let traffic = Arc::new(Traffic::default());
+    let relay = tokio::spawn({
+        let traffic = traffic.clone();
+        async move {
+            relay_copy(
+                client_end,
+                backend_end,
+                &RelayOptions::default(),
+                &traffic,
+                std::future::pending(),
+            )
+            .await
+        }
+    });
+    exchange(client_app, backend_app, 1 << 20, 300_000).await;
+    let report = timeout(DEADLINE, relay).await.unwrap().unwrap();
+    assert_eq!(report.client_to_backend, 1 << 20);
+    assert_eq!(report.backend_to_client, 300_000);
+    assert_eq!(report.spliced_bytes, 0);
+    assert!(matches!(
+        report.closed_by,
+        CloseReason::Client | CloseReason::Backend
+    ));
+    assert_eq!(traffic.client_to_backend.load(Relaxed), 1 << 20);
+}
+
+#[tokio::test]
+async fn relay_copy_idle_timeout_and_stop() {
+    let opts = RelayOptions {
+        idle_timeout: Some(Duration::from_millis(200)),
+        ..RelayOptions::default()
+    };
+    let (_client_app, client_end) = tokio::io::duplex(1024);
+    let (backend_end, _backend_app) = tokio::io::duplex(1024);
+    let report = timeout(
+        DEADLINE,
+        relay_copy(
+            client_end,
+            backend_end,
+            &opts,
+            &Traffic::default(),
+            std::future::pending(),
+        ),
+    )
+    .await
+    .unwrap();
+    assert_eq!(report.closed_by, CloseReason::IdleTimeout);
+
+    let (_client_app, client_end) = tokio::io::duplex(1024);
+    let (backend_end, _backend_app) = tokio::io::duplex(1024);
+    let report = relay_copy(
+        client_end,
+        backend_end,
+        &RelayOptions::default(),
+        &Traffic::default(),
+        std::future::ready(()),
+    )
+    .await;
+    assert_eq!(report.closed_by, CloseReason::Stopped);
+}
+
+#[test]
+fn relay_futures_are_send() {
+    fn assert_send<T: Send>(_: &T) {}
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let (a, b) = tcp_pair().await;
+        let pool = PipePool::new(1, 0);
+        let traffic = Traffic::default();
+        let opts = RelayOptions::default();
+        let fut = relay(a, b, &opts, &pool, &traffic, std::future::ready(()));
+        assert_send(&fut);
+        assert_eq!(fut.await.closed_by, CloseReason::Stopped);
+    });
+}
