@@ -1,6 +1,5 @@
 # The one entry point. `make run` starts a demo, `make test` is what CI runs.
 CARGO ?= cargo
-RELEASE_BINS := target/release/sluice target/release/sluice-echo
 
 .PHONY: all build run test lint fmt ci clean
 

@@ -4,6 +4,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
+bin="${CARGO_TARGET_DIR:-target}/release"
 pids=()
 cleanup() {
     trap - EXIT INT TERM
@@ -12,9 +13,9 @@ cleanup() {
 }
 trap cleanup EXIT INT TERM
 
-target/release/sluice-echo --listen 127.0.0.1:9001 --listen 127.0.0.1:9002 --listen 127.0.0.1:9003 &
+"$bin/sluice-echo" --listen 127.0.0.1:9001 --listen 127.0.0.1:9002 --listen 127.0.0.1:9003 &
 pids+=($!)
-target/release/sluice run --config config/sluice.toml &
+"$bin/sluice" run --config config/sluice.toml &
 pids+=($!)
 
 cat <<MSG
