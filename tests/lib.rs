@@ -76,6 +76,12 @@ impl Proxy {
         &self.server
     }
 
+    /// Applies a new configuration, as SIGHUP does in the binary.
+    pub async fn reload(&self, toml: &str) -> Result<u64, sluice_proxy::ReloadError> {
+        let config = sluice_config::parse(toml, "reload.toml")?;
+        self.server.reload(config).await
+    }
+
     /// Triggers shutdown and waits (at most `within`) for the proxy to return.
     pub async fn shutdown(mut self, within: Duration) {
         if let Some(stop) = self.stop.take() {

@@ -7,7 +7,9 @@
 mod backends;
 mod hostile;
 mod relay;
+mod reload;
 mod routing;
+mod sticky;
 mod websocket;
 
 use std::time::Duration;

@@ -145,6 +145,7 @@ async fn shutdown_waits_for_tunnels_then_closes_them_at_the_deadline() {
         "tunnel must be closed at the shutdown deadline"
     );
     stopping.await.unwrap();
-    assert!(started.elapsed() >= Duration::from_millis(450));
+    // Grace until 500 ms minus the default spread (a sixth of it), then closed.
+    assert!(started.elapsed() >= Duration::from_millis(400));
     assert!(wait_until(SOON, || backend.active_connections() == 0).await);
 }

@@ -10,14 +10,40 @@
 //! What this crate does not do: sockets, timeouts or retries on failure (the proxy connects and
 //! asks the picker for the next candidate), and nothing about HTTP.
 //!
+//! The algorithms (`balance` in the configuration; `docs/balancing.md` compares them):
+//!
+//! - `round_robin`: each backend in turn, weighted and interleaved ([`smooth_schedule`]).
+//! - `least_conn`: the fewest live connections per unit of weight; ties rotate.
+//! - `random_two`: two backends drawn at random (weighted), the less loaded of the two.
+//! - `hash`: weighted rendezvous hashing of a sticky key ([`hash`], whose function is a
+//!   stability contract), with bounded loads; requests without the key use the pool's fallback.
+//!
+//! On top of any of them, a pool may insert an **affinity cookie**: its value is the chosen
+//! backend's [`Token`] (opaque, stable across processes; [`token`]), and a client presenting a
+//! valid one is sent back to that backend first while it takes connections. The proxy passes
+//! what the request carries as an [`Affinity`] to [`Pool::picker_for`], and after a successful
+//! connect asks [`Picker::cookie_to_set`] whether to add `Set-Cookie`.
+//!
 //! Per-connection cost: one atomic increment to choose under round robin, one scan of the pool's
-//! live counters under least_conn, and no lock anywhere.
+//! live counters under least_conn and random_two, one hash of the key and one short hash and
+//! logarithm per backend under hash; no lock anywhere, no allocation but the picker's list of
+//! tried backends.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 
-pub use sluice_config::Balance;
+pub use sluice_config::{Balance, HashKey, HashPolicy, StickyCookie};
+
+mod affinity;
+pub mod hash;
+mod random;
+#[cfg(test)]
+mod spread;
+pub mod token;
+
+pub use affinity::{Affinity, Placement};
+pub use token::Token;
 
 /// One backend server. Shared (`Arc`) by every snapshot that lists it, so its identity and live
 /// counts survive a reload that keeps it.
@@ -25,6 +51,8 @@ pub use sluice_config::Balance;
 pub struct Backend {
     addr: SocketAddr,
     weight: u32,
+    /// [`hash::identity_hash`] of `addr`: what rendezvous hashing knows the backend by.
+    identity_hash: u64,
     active: AtomicUsize,
     draining: AtomicBool,
 }
@@ -35,6 +63,7 @@ impl Backend {
         Self {
             addr,
             weight: weight.max(1),
+            identity_hash: hash::identity_hash(addr),
             active: AtomicUsize::new(0),
             draining: AtomicBool::new(false),
         }
@@ -48,6 +77,11 @@ impl Backend {
     /// Its relative share of new connections.
     pub fn weight(&self) -> u32 {
         self.weight
+    }
+
+    /// The hash of its identity (its address as text), by which rendezvous hashing ranks it.
+    pub fn identity_hash(&self) -> u64 {
+        self.identity_hash
     }
 
     /// Live connections: connecting, handshaking or tunnelling.
@@ -108,32 +142,53 @@ pub struct Pool {
     /// Weighted round-robin order as backend indices, interleaved (see [`smooth_schedule`]).
     schedule: Vec<usize>,
     cursor: AtomicUsize,
+    /// What `balance = "hash"` hashes (for the proxy to extract), `None` for other algorithms.
+    hash_key: Option<HashKey>,
+    /// The algorithm for requests without a key (or a usable cookie) in a hash pool.
+    fallback: Balance,
+    /// Bounded loads of hashed picks; `None`: unbounded.
+    balance_factor: Option<f64>,
+    /// The affinity cookie the pool inserts, if any.
+    sticky_cookie: Option<StickyCookie>,
+    /// Each backend's cookie token, in backend order.
+    tokens: Vec<Token>,
 }
 
 impl Pool {
-    /// Builds a pool from its configuration. Backends also present in `previous` (same address)
-    /// are the same `Arc`, keeping their live counts and state; the others are new.
-    pub fn from_config(config: &sluice_config::Pool, previous: Option<&Pool>) -> Self {
+    /// Builds a pool from its configuration. A backend that `known` returns for its address
+    /// (one of a previous generation of this pool, live or draining) is kept, the same `Arc`
+    /// with its live count and state, as long as its weight did not change; the others are new.
+    pub fn from_config(
+        config: &sluice_config::Pool,
+        known: impl Fn(SocketAddr) -> Option<Arc<Backend>>,
+    ) -> Self {
         let backends = config
             .backends
             .iter()
             .map(|b| {
-                previous
-                    .and_then(|p| p.backend(b.addr))
+                known(b.addr)
                     .filter(|old| old.weight == b.weight.max(1))
-                    .cloned()
                     .unwrap_or_else(|| Arc::new(Backend::new(b.addr, b.weight)))
             })
             .collect();
-        Self::new(
+        let pool = Self::new(
             config.name.clone(),
             config.balance,
             backends,
             config.connect_attempts,
-        )
+        );
+        let pool = match &config.hash {
+            Some(policy) => pool.with_hash(policy.clone()),
+            None => pool,
+        };
+        match &config.sticky_cookie {
+            Some(cookie) => pool.with_sticky_cookie(cookie.clone()),
+            None => pool,
+        }
     }
 
-    /// A pool over these backends.
+    /// A pool over these backends, without an affinity cookie. A `Balance::Hash` pool built
+    /// this way hashes with the default fallback and balance factor until [`Pool::with_hash`].
     pub fn new(
         name: String,
         balance: Balance,
@@ -141,6 +196,7 @@ impl Pool {
         connect_attempts: u32,
     ) -> Self {
         let weights: Vec<u32> = backends.iter().map(|b| b.weight).collect();
+        let tokens = tokens(&name, &backends, None);
         Self {
             name,
             balance,
@@ -148,7 +204,75 @@ impl Pool {
             backends,
             connect_attempts: connect_attempts.max(1),
             cursor: AtomicUsize::new(0),
+            hash_key: None,
+            fallback: sluice_config::defaults::HASH_FALLBACK,
+            balance_factor: sluice_config::defaults::HASH_BALANCE_FACTOR,
+            sticky_cookie: None,
+            tokens,
         }
+    }
+
+    /// Sets how the pool hashes (meaningful with `Balance::Hash`). A fallback of
+    /// `Balance::Hash`, which the configuration refuses, is taken as `least_conn`.
+    pub fn with_hash(mut self, policy: HashPolicy) -> Self {
+        self.fallback = match policy.fallback {
+            Balance::Hash => Balance::LeastConn,
+            other => other,
+        };
+        self.balance_factor = policy.balance_factor.filter(|f| *f > 1.0);
+        self.hash_key = Some(policy.key);
+        self
+    }
+
+    /// Makes the pool insert this affinity cookie (its `secret` keys the tokens).
+    pub fn with_sticky_cookie(mut self, cookie: StickyCookie) -> Self {
+        let secret = cookie.secret.as_ref().map(|s| s.expose());
+        self.tokens = tokens(&self.name, &self.backends, secret);
+        self.sticky_cookie = Some(cookie);
+        self
+    }
+
+    /// What the pool hashes, when its balance is `hash`: the proxy extracts it from the request
+    /// and passes it as [`Affinity::key`].
+    pub fn hash_key(&self) -> Option<&HashKey> {
+        self.hash_key
+            .as_ref()
+            .filter(|_| self.balance == Balance::Hash)
+    }
+
+    /// The algorithm used for requests without a key in a hash pool, or the pool's algorithm.
+    pub fn fallback(&self) -> Balance {
+        match self.balance {
+            Balance::Hash => self.fallback,
+            other => other,
+        }
+    }
+
+    /// The bounded-load factor of hashed picks (`None`: unbounded).
+    pub fn balance_factor(&self) -> Option<f64> {
+        self.balance_factor
+    }
+
+    /// The affinity cookie the pool inserts, if any: the proxy reads its value from the request
+    /// (as [`Affinity::cookie`]) and writes `Set-Cookie` from it.
+    pub fn sticky_cookie(&self) -> Option<&StickyCookie> {
+        self.sticky_cookie.as_ref()
+    }
+
+    /// A backend's cookie token in this pool (stable across processes; see [`token`]).
+    pub fn token(&self, backend: &Backend) -> Option<&Token> {
+        let index = self.backends.iter().position(|b| b.addr == backend.addr)?;
+        self.tokens.get(index)
+    }
+
+    /// The backend a presented cookie value names, whether or not it takes connections now.
+    pub fn backend_by_token(&self, token: &[u8]) -> Option<&Arc<Backend>> {
+        let index = self.token_index(token)?;
+        self.backends.get(index)
+    }
+
+    fn token_index(&self, token: &[u8]) -> Option<usize> {
+        self.tokens.iter().position(|t| t.matches(token))
     }
 
     /// The pool's name from the configuration.
@@ -171,14 +295,48 @@ impl Pool {
         self.backends.iter().find(|b| b.addr == addr)
     }
 
-    /// Starts choosing backends for one connection.
+    /// Starts choosing backends for one connection without affinity: the pool's algorithm (for
+    /// a hash pool, its fallback).
     pub fn picker(&self) -> Picker<'_> {
+        self.picker_for(Affinity::NONE)
+    }
+
+    /// Starts choosing backends for one connection with what its request carries:
+    ///
+    /// 1. a cookie naming an available backend of this pool (when the pool inserts one): that
+    ///    backend first, whatever its load;
+    /// 2. then, in a hash pool with a non-empty key: the key's preference order, skipping
+    ///    backends at their bounded load;
+    /// 3. otherwise the pool's algorithm, or its fallback for a hash pool.
+    ///
+    /// Later candidates (after a failed connect) continue the same order, skipping backends
+    /// already tried.
+    pub fn picker_for(&self, affinity: Affinity<'_>) -> Picker<'_> {
+        let presented = match (&self.sticky_cookie, affinity.cookie) {
+            (Some(_), Some(cookie)) => self.token_index(cookie),
+            _ => None,
+        };
+        let key_hash = match (self.balance, affinity.key) {
+            (Balance::Hash, Some(key)) if !key.is_empty() => Some(hash::key_hash(key)),
+            _ => None,
+        };
         Picker {
             pool: self,
             tried: Vec::new(),
             start: self.cursor.fetch_add(1, Ordering::Relaxed),
+            presented,
+            key_hash,
+            last: None,
         }
     }
+}
+
+/// Each backend's token in this pool.
+fn tokens(pool: &str, backends: &[Arc<Backend>], secret: Option<&str>) -> Vec<Token> {
+    backends
+        .iter()
+        .map(|b| Token::new(pool, &hash::identity(b.addr), secret))
+        .collect()
 }
 
 /// The backends to try for one connection, best first, each at most once, and at most the
@@ -190,21 +348,42 @@ pub struct Picker<'a> {
     tried: Vec<usize>,
     /// Where this connection starts in the round-robin schedule, or the tie-break rotation.
     start: usize,
+    /// The backend whose token the client presented, if any (available or not).
+    presented: Option<usize>,
+    /// The hash of the request's key, in a hash pool with a key.
+    key_hash: Option<u64>,
+    /// The backend handed out last, and how it was chosen.
+    last: Option<(usize, Placement)>,
 }
 
-impl Picker<'_> {
+impl<'a> Picker<'a> {
     /// The next backend to try, counted as live until the guard is dropped; `None` when the
     /// attempts are used up or no available backend is left.
     pub fn next_backend(&mut self) -> Option<BackendGuard> {
         if self.tried.len() >= self.pool.connect_attempts as usize {
             return None;
         }
-        let index = match self.pool.balance {
-            Balance::RoundRobin => self.next_round_robin(),
-            Balance::LeastConn => self.next_least_conn(),
-        }?;
+        let (index, placement) = self.choose()?;
         self.tried.push(index);
+        self.last = Some((index, placement));
         self.pool.backends.get(index).map(Backend::acquire)
+    }
+
+    /// After a successful connect to the backend handed out last: the cookie value to set, when
+    /// the pool inserts an affinity cookie and the client did not present this backend's token
+    /// (it had none, an unknown one, or one naming a backend that is down or refused).
+    pub fn cookie_to_set(&self) -> Option<&'a Token> {
+        self.pool.sticky_cookie.as_ref()?;
+        let (index, _) = self.last?;
+        if self.presented == Some(index) {
+            return None;
+        }
+        self.pool.tokens.get(index)
+    }
+
+    /// How the backend handed out last was chosen (for logs and metrics).
+    pub fn placement(&self) -> Option<Placement> {
+        self.last.map(|(_, placement)| placement)
     }
 
     /// How many backends were handed out so far.
@@ -418,6 +597,8 @@ mod tests {
         let config = |ports: &[u16]| sluice_config::Pool {
             name: "p".into(),
             balance: Balance::LeastConn,
+            hash: None,
+            sticky_cookie: None,
             backends: ports
                 .iter()
                 .map(|&port| sluice_config::Backend {
@@ -426,10 +607,12 @@ mod tests {
                 })
                 .collect(),
             connect_attempts: 2,
+            drain_timeout: None,
+            drain_spread: std::time::Duration::ZERO,
         };
-        let old = Pool::from_config(&config(&[1, 2]), None);
+        let old = Pool::from_config(&config(&[1, 2]), |_| None);
         let _live = old.backends()[1].acquire();
-        let new = Pool::from_config(&config(&[2, 3]), Some(&old));
+        let new = Pool::from_config(&config(&[2, 3]), |addr| old.backend(addr).cloned());
         assert!(Arc::ptr_eq(&old.backends()[1], &new.backends()[0]));
         assert_eq!(new.backends()[0].active(), 1, "live count carried over");
         assert_eq!(new.backends()[1].active(), 0);

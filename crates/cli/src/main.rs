@@ -4,7 +4,12 @@
 //! (arguments, environment, signals, exit codes) into calls of `sluice_proxy`.
 //!
 //! Exit codes: 0 success; 64 the configuration is invalid (every error printed); 1 anything
-//! else that stops sluice (a listener that cannot be bound, a second shutdown signal).
+//! else that stops sluice (a listener that cannot be bound, a second shutdown signal, a
+//! `reload` that found no running process).
+//!
+//! Signals of `run`: SIGHUP reloads the configuration file (all or nothing; an invalid file
+//! keeps the running configuration); SIGTERM/SIGINT shut down gracefully; a second one exits
+//! at once.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -33,12 +38,21 @@ struct Cli {
 enum Command {
     /// Run the balancer until SIGTERM or SIGINT.
     Run {
-        /// Configuration file (TOML).
+        /// Configuration file (TOML), read again on SIGHUP.
         #[arg(short, long, value_name = "FILE")]
         config: PathBuf,
         /// Worker threads of the runtime (default: one per core).
         #[arg(long, value_name = "N")]
         threads: Option<usize>,
+        /// Write the process id to this file while running (removed on exit).
+        #[arg(long, value_name = "FILE")]
+        pid_file: Option<PathBuf>,
+    },
+    /// Ask a running sluice to reload its configuration (sends SIGHUP to the pid in the file).
+    Reload {
+        /// The pid file given to `sluice run --pid-file`.
+        #[arg(long, value_name = "FILE")]
+        pid_file: PathBuf,
     },
     /// Check a configuration file: print every error (exit 64) or a summary (exit 0).
     Check {
@@ -59,10 +73,24 @@ fn main() -> ExitCode {
     init_logging(cli.log_format);
     match cli.command {
         Command::Check { config } => check(&config),
-        Command::Run { config, threads } => match run(&config, threads) {
+        Command::Run {
+            config,
+            threads,
+            pid_file,
+        } => match run(&config, threads, pid_file) {
             Ok(code) => code,
             Err(error) => {
                 tracing::error!("{error:#}");
+                ExitCode::FAILURE
+            }
+        },
+        Command::Reload { pid_file } => match signal_pid_file(&pid_file) {
+            Ok(pid) => {
+                println!("sent SIGHUP to sluice (pid {pid})");
+                ExitCode::SUCCESS
+            }
+            Err(error) => {
+                eprintln!("sluice reload: {error:#}");
                 ExitCode::FAILURE
             }
         },
@@ -82,7 +110,11 @@ fn check(path: &std::path::Path) -> ExitCode {
     }
 }
 
-fn run(path: &std::path::Path, threads: Option<usize>) -> anyhow::Result<ExitCode> {
+fn run(
+    path: &std::path::Path,
+    threads: Option<usize>,
+    pid_file: Option<PathBuf>,
+) -> anyhow::Result<ExitCode> {
     let config = match sluice_config::load(path) {
         Ok(config) => config,
         Err(errors) => {
@@ -102,31 +134,46 @@ fn run(path: &std::path::Path, threads: Option<usize>) -> anyhow::Result<ExitCod
     runtime.block_on(async {
         let server = sluice_proxy::Server::new(config);
         let listeners = server.bind().await?;
+        let _pid_file = pid_file.map(PidFile::create).transpose()?;
+        let reloads = reload_on_hangup(server.clone(), path.to_owned())
+            .context("cannot install the SIGHUP handler")?;
+        let shutdown = shutdown_signal().context("cannot install signal handlers")?;
         info!(
             version = env!("CARGO_PKG_VERSION"),
             config = %path.display(),
+            pid = std::process::id(),
             "sluice started"
         );
-        let shutdown = shutdown_signal().context("cannot install signal handlers")?;
         server.run(listeners, shutdown).await?;
+        reloads.abort();
         Ok(ExitCode::SUCCESS)
     })
+}
+
+/// Reloads the configuration file at each SIGHUP. Signals arriving during a reload are
+/// coalesced into one more reload after it: none is lost, none runs twice at once.
+fn reload_on_hangup(
+    server: sluice_proxy::Server,
+    path: PathBuf,
+) -> std::io::Result<tokio::task::JoinHandle<()>> {
+    let mut hangup = signal(SignalKind::hangup())?;
+    Ok(tokio::spawn(async move {
+        while hangup.recv().await.is_some() {
+            info!(signal = "SIGHUP", config = %path.display(), "reloading the configuration");
+            // Success and every cause of failure are logged by the server.
+            let _ = server.reload_file(&path).await;
+        }
+    }))
 }
 
 /// Resolves at the first SIGTERM or SIGINT; a second one exits at once.
 fn shutdown_signal() -> std::io::Result<impl std::future::Future<Output = ()>> {
     let mut terminate = signal(SignalKind::terminate())?;
     let mut interrupt = signal(SignalKind::interrupt())?;
-    let mut hangup = signal(SignalKind::hangup())?;
     Ok(async move {
-        loop {
-            tokio::select! {
-                _ = terminate.recv() => { info!(signal = "SIGTERM", "shutdown requested"); break }
-                _ = interrupt.recv() => { info!(signal = "SIGINT", "shutdown requested"); break }
-                _ = hangup.recv() => {
-                    warn!(signal = "SIGHUP", "configuration reload is not supported by this build; configuration unchanged");
-                }
-            }
+        tokio::select! {
+            _ = terminate.recv() => info!(signal = "SIGTERM", "shutdown requested"),
+            _ = interrupt.recv() => info!(signal = "SIGINT", "shutdown requested"),
         }
         tokio::spawn(async move {
             tokio::select! {
@@ -150,4 +197,36 @@ fn init_logging(format: LogFormat) {
         LogFormat::Text => builder.init(),
         LogFormat::Json => builder.json().flatten_event(true).init(),
     }
+}
+
+/// The process id written to a file for the life of the process.
+struct PidFile(PathBuf);
+
+impl PidFile {
+    fn create(path: PathBuf) -> anyhow::Result<Self> {
+        std::fs::write(&path, format!("{}\n", std::process::id()))
+            .with_context(|| format!("cannot write the pid file {}", path.display()))?;
+        Ok(Self(path))
+    }
+}
+
+impl Drop for PidFile {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
+}
+
+/// Sends SIGHUP to the process named by a pid file; returns its pid.
+fn signal_pid_file(path: &std::path::Path) -> anyhow::Result<i32> {
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("cannot read the pid file {}", path.display()))?;
+    let pid: i32 = text
+        .trim()
+        .parse()
+        .with_context(|| format!("{}: not a process id: {:?}", path.display(), text.trim()))?;
+    let process = rustix::process::Pid::from_raw(pid)
+        .with_context(|| format!("{}: not a process id: {pid}", path.display()))?;
+    rustix::process::kill_process(process, rustix::process::Signal::HUP)
+        .with_context(|| format!("cannot signal process {pid} (from {})", path.display()))?;
+    Ok(pid)
 }

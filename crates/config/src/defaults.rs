@@ -7,7 +7,7 @@
 use std::ops::RangeInclusive;
 use std::time::Duration;
 
-use crate::model::{Balance, Limits, ListenerMode, Relay, RelayMode, Timeouts};
+use crate::model::{Balance, Limits, ListenerMode, Relay, RelayMode, SameSite, Timeouts};
 
 const KIB: usize = 1024;
 const MIB: usize = 1024 * 1024;
@@ -31,7 +31,36 @@ pub const CONNECT_ATTEMPTS: u32 = 3;
 pub const CONNECT_ATTEMPTS_RANGE: RangeInclusive<u32> = 1..=16;
 /// A backend's `weight`.
 pub const WEIGHT: u32 = 1;
+/// Tunnels to a backend removed by a reload are kept until they end by themselves.
+pub const DRAIN_TIMEOUT: Option<Duration> = None;
+/// Once a drain deadline passes, the tunnels left are closed evenly over this window.
+pub const DRAIN_SPREAD: Duration = Duration::from_secs(10);
 pub const WEIGHT_RANGE: RangeInclusive<u32> = 1..=256;
+/// `hash_fallback`: how a `balance = "hash"` pool places requests without the key. Least
+/// connections fills in around the hashed tunnels, which bounded loads keep near the mean.
+pub const HASH_FALLBACK: Balance = Balance::LeastConn;
+/// `hash_balance_factor`: bounded loads at 1.5 × the mean (`0` in the file: unbounded).
+pub const HASH_BALANCE_FACTOR: Option<f64> = Some(1.5);
+/// A factor other than 0 must be greater than this (a cap at the mean itself would send most
+/// keys off their first choice)…
+pub const HASH_BALANCE_FACTOR_ABOVE: f64 = 1.0;
+/// … and at most this (far beyond, the cap never binds: write 0 to turn it off).
+pub const HASH_BALANCE_FACTOR_MAX: f64 = 100.0;
+
+// [pools.NAME.sticky_cookie]
+
+/// `ttl`: absent, a session cookie.
+pub const STICKY_COOKIE_TTL: Option<Duration> = None;
+/// `secure`: off, since sluice listens in plain HTTP until TLS termination exists.
+pub const STICKY_COOKIE_SECURE: bool = false;
+/// `http_only`: scripts have no business with the affinity cookie.
+pub const STICKY_COOKIE_HTTP_ONLY: bool = true;
+/// `same_site`: absent, the browser's default.
+pub const STICKY_COOKIE_SAME_SITE: Option<SameSite> = None;
+/// `path`.
+pub const STICKY_COOKIE_PATH: &str = "/";
+/// The shortest `secret` accepted, in bytes.
+pub const STICKY_COOKIE_SECRET_MIN_LEN: usize = 16;
 
 // [timeouts]
 
@@ -41,6 +70,15 @@ pub const RESPONSE_TIMEOUT: Duration = Duration::from_secs(10);
 /// `tunnel_idle`; `"0"` in the file turns it off (`None`).
 pub const TUNNEL_IDLE_TIMEOUT: Option<Duration> = Some(Duration::from_secs(60 * 60));
 pub const SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(30);
+/// The last part of the shutdown deadline over which the tunnels left are closed, one by one,
+/// when `timeouts.shutdown` is the default.
+pub const SHUTDOWN_SPREAD: Duration = Duration::from_secs(5);
+
+/// The default spread for a shutdown deadline: a sixth of it, at most [`SHUTDOWN_SPREAD`], so a
+/// short deadline keeps most of its grace period.
+pub fn shutdown_spread(shutdown: Duration) -> Duration {
+    (shutdown / 6).min(SHUTDOWN_SPREAD)
+}
 /// The longest duration any key accepts (365 days): far beyond any sensible timeout, and small
 /// enough that `Instant::now() + d` can never overflow.
 pub const MAX_DURATION: Duration = Duration::from_secs(365 * 24 * 60 * 60);
@@ -75,6 +113,7 @@ impl Default for Timeouts {
             response: RESPONSE_TIMEOUT,
             tunnel_idle: TUNNEL_IDLE_TIMEOUT,
             shutdown: SHUTDOWN_TIMEOUT,
+            shutdown_spread: SHUTDOWN_SPREAD,
         }
     }
 }
@@ -117,6 +156,19 @@ mod tests {
         assert_eq!(CONNECT_ATTEMPTS_RANGE, 1..=16);
         assert_eq!(WEIGHT, 1);
         assert_eq!(WEIGHT_RANGE, 1..=256);
+        assert_eq!(HASH_FALLBACK, Balance::LeastConn);
+        assert_eq!(HASH_BALANCE_FACTOR, Some(1.5));
+        assert_eq!(HASH_BALANCE_FACTOR_ABOVE, 1.0);
+        assert_eq!(HASH_BALANCE_FACTOR_MAX, 100.0);
+        assert_eq!(STICKY_COOKIE_TTL, None);
+        // (secure, http_only)
+        assert_eq!(
+            (STICKY_COOKIE_SECURE, STICKY_COOKIE_HTTP_ONLY),
+            (false, true)
+        );
+        assert_eq!(STICKY_COOKIE_SAME_SITE, None);
+        assert_eq!(STICKY_COOKIE_PATH, "/");
+        assert_eq!(STICKY_COOKIE_SECRET_MIN_LEN, 16);
 
         assert_eq!(
             Timeouts::default(),
@@ -126,6 +178,7 @@ mod tests {
                 response: Duration::from_secs(10),
                 tunnel_idle: Some(Duration::from_secs(3600)),
                 shutdown: Duration::from_secs(30),
+                shutdown_spread: Duration::from_secs(5),
             }
         );
         assert_eq!(MAX_DURATION, Duration::from_secs(31_536_000));
@@ -160,6 +213,11 @@ mod tests {
     fn defaults_lie_within_their_ranges() {
         assert!(CONNECT_ATTEMPTS_RANGE.contains(&CONNECT_ATTEMPTS));
         assert!(WEIGHT_RANGE.contains(&WEIGHT));
+        assert_ne!(HASH_FALLBACK, Balance::Hash);
+        assert!(
+            HASH_BALANCE_FACTOR
+                .is_some_and(|f| f > HASH_BALANCE_FACTOR_ABOVE && f <= HASH_BALANCE_FACTOR_MAX)
+        );
         assert!(MAX_HEAD_BYTES_RANGE.contains(&MAX_HEAD_BYTES));
         assert!(MAX_HEADERS_RANGE.contains(&MAX_HEADERS));
         assert!(PIPE_SIZE_RANGE.contains(&PIPE_SIZE));

@@ -9,11 +9,12 @@
 use std::net::SocketAddr;
 use std::ops::Range;
 
+use crate::balancing;
 use crate::defaults;
 use crate::matchers;
 use crate::model::{
-    Backend, Balance, Config, HeaderMatch, Limits, Listener, ListenerMode, Pool, Relay, RelayMode,
-    Route, Timeouts,
+    Backend, Config, HeaderMatch, Limits, Listener, ListenerMode, Pool, Relay, RelayMode, Route,
+    Timeouts,
 };
 use crate::read::{Item, Keys, Reader, Table, Value, did_you_mean, quoted_list};
 
@@ -64,8 +65,18 @@ const HEADER: Keys = Keys {
 };
 
 const POOL: Keys = Keys {
-    known: &["balance", "connect_attempts", "backends"],
-    later: &[("hash_key", "consistent hashing comes in a later release")],
+    known: &[
+        "balance",
+        "hash_key",
+        "hash_fallback",
+        "hash_balance_factor",
+        "sticky_cookie",
+        "connect_attempts",
+        "backends",
+        "drain_timeout",
+        "drain_spread",
+    ],
+    later: &[],
 };
 
 const BACKEND: Keys = Keys {
@@ -80,6 +91,7 @@ const TIMEOUTS: Keys = Keys {
         "response",
         "tunnel_idle",
         "shutdown",
+        "shutdown_spread",
     ],
     later: &[],
 };
@@ -313,19 +325,19 @@ const POOLS_EXAMPLE: &str =
 fn pool(r: &mut Reader<'_>, name: Option<String>, item: Item<'_, '_>) -> Option<Pool> {
     let t = item.table(r, &POOL)?;
 
-    let balance = t.optional("balance", defaults::BALANCE, |item| {
-        item.choice(
-            r,
-            &[
-                ("round_robin", Balance::RoundRobin),
-                ("least_conn", Balance::LeastConn),
-            ],
-            &[("hash", "consistent hashing comes in a later release")],
-        )
-    });
+    // balance, hash_key, hash_fallback, hash_balance_factor, sticky_cookie.
+    let balancing = balancing::balancing(r, &t);
 
     let connect_attempts = t.optional("connect_attempts", defaults::CONNECT_ATTEMPTS, |item| {
         item.int(r, defaults::CONNECT_ATTEMPTS_RANGE)
+    });
+
+    // Zero keeps a removed backend's tunnels until they end by themselves.
+    let drain_timeout = t.optional("drain_timeout", defaults::DRAIN_TIMEOUT, |item| {
+        item.duration(r).map(|d| Some(d).filter(|d| !d.is_zero()))
+    });
+    let drain_spread = t.optional("drain_spread", defaults::DRAIN_SPREAD, |item| {
+        item.duration(r)
     });
 
     let backends = t
@@ -360,9 +372,13 @@ fn pool(r: &mut Reader<'_>, name: Option<String>, item: Item<'_, '_>) -> Option<
 
     Some(Pool {
         name: name?,
-        balance: balance?,
+        balance: balancing.as_ref()?.balance,
+        hash: balancing.as_ref()?.hash.clone(),
+        sticky_cookie: balancing?.sticky_cookie,
         backends: backends?,
         connect_attempts: connect_attempts?,
+        drain_timeout: drain_timeout?,
+        drain_spread: drain_spread?,
     })
 }
 
@@ -550,12 +566,29 @@ fn timeouts(r: &mut Reader<'_>, item: Item<'_, '_>) -> Option<Timeouts> {
     let tunnel_idle = t.optional("tunnel_idle", defaults::TUNNEL_IDLE_TIMEOUT, |item| {
         item.duration(r).map(|d| Some(d).filter(|d| !d.is_zero()))
     });
+    // Zero closes what is left all at once; it must fit inside the shutdown deadline.
+    let limit = shutdown.unwrap_or(defaults::SHUTDOWN_TIMEOUT);
+    let shutdown_spread = t.optional("shutdown_spread", defaults::shutdown_spread(limit), |item| {
+        let d = item.duration(r)?;
+        if d > limit {
+            r.report(
+                &item,
+                format!(
+                    "must not exceed timeouts.shutdown ({}): the spread is the last part of the shutdown deadline",
+                    humantime::format_duration(limit)
+                ),
+            );
+            return None;
+        }
+        Some(d)
+    });
     Some(Timeouts {
         handshake: handshake?,
         connect: connect?,
         response: response?,
         tunnel_idle: tunnel_idle?,
         shutdown: shutdown?,
+        shutdown_spread: shutdown_spread?,
     })
 }
 

@@ -20,6 +20,7 @@
 
 #![forbid(unsafe_code)]
 
+mod balancing;
 pub mod defaults;
 mod error;
 mod file;

@@ -103,10 +103,22 @@ pub struct HeaderMatch {
 pub struct Pool {
     pub name: String,
     pub balance: Balance,
+    /// How keys are hashed: `Some` exactly when `balance` is [`Balance::Hash`].
+    pub hash: Option<HashPolicy>,
+    /// The affinity cookie sluice inserts itself, with any `balance`: a client presenting a
+    /// valid one goes back to its backend while that backend takes connections; any other
+    /// client is balanced as usual and given the cookie.
+    pub sticky_cookie: Option<StickyCookie>,
     /// Backends in file order; addresses are unique within a pool.
     pub backends: Vec<Backend>,
     /// How many distinct backends one handshake may try to connect to before giving up (>= 1).
     pub connect_attempts: u32,
+    /// How long tunnels to a backend removed by a reload are kept before sluice closes them.
+    /// `None` ("0", the default): until they end by themselves.
+    pub drain_timeout: Option<Duration>,
+    /// Once `drain_timeout` passed, the tunnels left are closed oldest first, evenly over this
+    /// window (zero: all at once).
+    pub drain_spread: Duration,
 }
 
 /// The selection algorithm of a pool.
@@ -116,6 +128,126 @@ pub enum Balance {
     RoundRobin,
     /// The backend with the fewest live tunnels relative to its weight.
     LeastConn,
+    /// Two backends drawn at random (weighted), the less loaded of the two (the power of two
+    /// choices).
+    RandomTwo,
+    /// Consistent hashing of a sticky key (the pool's [`HashPolicy`]), with bounded loads.
+    Hash,
+}
+
+impl Balance {
+    /// The name used in the configuration file (`"round_robin"`, …).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Balance::RoundRobin => "round_robin",
+            Balance::LeastConn => "least_conn",
+            Balance::RandomTwo => "random_two",
+            Balance::Hash => "hash",
+        }
+    }
+}
+
+/// How a `balance = "hash"` pool hashes.
+#[derive(Debug, Clone, PartialEq)]
+pub struct HashPolicy {
+    /// What is hashed.
+    pub key: HashKey,
+    /// The algorithm for requests without the key: `RoundRobin`, `LeastConn` or `RandomTwo`,
+    /// never `Hash`.
+    pub fallback: Balance,
+    /// Bounded loads: a backend holding `factor` times its weighted share of the pool's live
+    /// connections (this one included), rounded up, takes no new hashed connection; the key
+    /// goes to its next choice. `None`: unbounded. `Some(f)` has `1 < f <= 100`.
+    pub balance_factor: Option<f64>,
+}
+
+/// The sticky key of a request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum HashKey {
+    /// `cookie:NAME`: the value of the cookie `NAME` (case-sensitive name, an RFC 6265 token).
+    Cookie(String),
+    /// `header:NAME`: the value of the first header field `NAME` (stored lowercase).
+    Header(String),
+    /// `query:NAME`: the value of the first query parameter `NAME`, as sent (not decoded).
+    Query(String),
+    /// `source_ip`: the client's address. Every client behind one NAT shares it.
+    SourceIp,
+}
+
+impl std::fmt::Display for HashKey {
+    /// As written in the file: `cookie:session`, `source_ip`.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            HashKey::Cookie(name) => write!(f, "cookie:{name}"),
+            HashKey::Header(name) => write!(f, "header:{name}"),
+            HashKey::Query(name) => write!(f, "query:{name}"),
+            HashKey::SourceIp => f.write_str("source_ip"),
+        }
+    }
+}
+
+/// The affinity cookie sluice inserts: `Set-Cookie: NAME=TOKEN; Path=…; Max-Age=…; Secure;
+/// HttpOnly; SameSite=…`. The token names the backend opaquely (never its address) and is the
+/// same in every sluice process with the same pool name, backend address and `secret`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StickyCookie {
+    /// The cookie name, an RFC 6265 token (case-sensitive).
+    pub name: String,
+    /// `Max-Age`, whole seconds; `None`: a session cookie (dropped when the browser closes).
+    pub ttl: Option<Duration>,
+    /// `Secure`: the browser sends it over HTTPS (`wss://`) only.
+    pub secure: bool,
+    /// `HttpOnly`: hidden from scripts.
+    pub http_only: bool,
+    /// `SameSite`; `None`: not sent (the browser's default applies).
+    pub same_site: Option<SameSite>,
+    /// `Path`: starts with `/`.
+    pub path: String,
+    /// Keys the token so that it cannot be traced back to an address by guessing; must be the
+    /// same in every instance. `None`: a fixed public key (stable, but whoever guesses a
+    /// backend's address can confirm the guess).
+    pub secret: Option<Secret>,
+}
+
+/// The cookie's `SameSite` attribute.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SameSite {
+    Strict,
+    Lax,
+    /// Requires `secure` (browsers drop `SameSite=None` cookies without `Secure`).
+    None,
+}
+
+impl SameSite {
+    /// The attribute value as written in `Set-Cookie`: `Strict`, `Lax`, `None`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SameSite::Strict => "Strict",
+            SameSite::Lax => "Lax",
+            SameSite::None => "None",
+        }
+    }
+}
+
+/// A secret from the configuration file. Its `Debug` does not show it.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(String);
+
+impl Secret {
+    pub fn new(secret: impl Into<String>) -> Self {
+        Secret(secret.into())
+    }
+
+    /// The secret itself: to key a hash with, never to log.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Secret(..)")
+    }
 }
 
 /// One backend of a pool.
@@ -139,6 +271,11 @@ pub struct Timeouts {
     pub tunnel_idle: Option<Duration>,
     /// On SIGTERM/SIGINT, how long live tunnels may take to finish before they are closed.
     pub shutdown: Duration,
+    /// The last part of `shutdown` over which the tunnels still open are closed, oldest first,
+    /// evenly (never all at once: every client reconnecting in the same instant is an outage
+    /// of its own). Zero closes them all at the deadline. At most `shutdown`; by default a sixth
+    /// of it, at most 5 s.
+    pub shutdown_spread: Duration,
 }
 
 /// Limits on what one client may make sluice hold.

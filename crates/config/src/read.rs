@@ -146,6 +146,38 @@ impl<'a, 'i> Item<'a, 'i> {
         s
     }
 
+    /// `true` or `false`.
+    pub(crate) fn bool(&self, r: &mut Reader<'_>) -> Option<bool> {
+        match self.value.get_ref() {
+            DeValue::Boolean(b) => Some(*b),
+            _ => {
+                self.mismatch(r, "true or false");
+                None
+            }
+        }
+    }
+
+    /// A finite number, written as a float (`1.5`) or an integer (`2`).
+    pub(crate) fn number(&self, r: &mut Reader<'_>) -> Option<f64> {
+        let value = match self.value.get_ref() {
+            DeValue::Float(f) => f.as_str().replace('_', "").parse::<f64>().ok(),
+            DeValue::Integer(n) => i64::from_str_radix(n.as_str(), n.radix())
+                .ok()
+                .and_then(|n| i32::try_from(n).ok())
+                .map(f64::from),
+            _ => {
+                self.mismatch(r, "a number");
+                return None;
+            }
+        };
+        let value = value.filter(|v| v.is_finite());
+        if value.is_none() {
+            let text = r.snippet(self.span());
+            r.report(self, format_args!("{text} is not a usable number"));
+        }
+        value
+    }
+
     /// An integer within `range`.
     pub(crate) fn int<T>(&self, r: &mut Reader<'_>, range: RangeInclusive<T>) -> Option<T>
     where

@@ -3,7 +3,7 @@
 use std::fmt::Write;
 use std::time::Duration;
 
-use crate::model::{Balance, Config, HostMatch, ListenerMode, PathMatch, RelayMode};
+use crate::model::{Config, HostMatch, ListenerMode, PathMatch, RelayMode};
 
 impl Config {
     /// Several lines: listeners with their addresses, routes in match order, pools with their
@@ -15,10 +15,11 @@ impl Config {
     /// routes (2)
     ///   public  host chat.example.com  path_prefix /chat  header x-tenant=blue  -> chat
     ///   public  any request  -> main
-    /// pools (2)
+    /// pools (3)
     ///   chat  round_robin  3 backends  connect_attempts 3
     ///   main  least_conn  1 backend  connect_attempts 1
-    /// timeouts  handshake 5s, connect 3s, response 10s, tunnel_idle 1h, shutdown 30s
+    ///   rooms  hash cookie:room (fallback least_conn, factor 1.5)  3 backends  connect_attempts 3  sticky_cookie srv
+    /// timeouts  handshake 5s, connect 3s, response 10s, tunnel_idle 1h, shutdown 30s (spread 5s)
     /// limits    max_head_bytes 16384, max_headers 100, max_connections from the open-file limit
     /// relay     auto, pipe_size 65536, max_pipes 1024, buffer_size 16384
     /// ```
@@ -85,28 +86,40 @@ impl Config {
 
         writeln!(out, "pools ({})", self.pools.len())?;
         for p in &self.pools {
-            let balance = match p.balance {
-                Balance::RoundRobin => "round_robin",
-                Balance::LeastConn => "least_conn",
-            };
-            writeln!(
+            let mut balance = p.balance.as_str().to_owned();
+            if let Some(hash) = &p.hash {
+                let factor = hash
+                    .balance_factor
+                    .map_or_else(|| "unbounded".to_owned(), |f| format!("factor {f}"));
+                balance = format!(
+                    "{balance} {} (fallback {}, {factor})",
+                    hash.key,
+                    hash.fallback.as_str()
+                );
+            }
+            write!(
                 out,
                 "  {}  {balance}  {}  connect_attempts {}",
                 p.name,
                 plural(p.backends.len(), "backend"),
                 p.connect_attempts
             )?;
+            if let Some(cookie) = &p.sticky_cookie {
+                write!(out, "  sticky_cookie {}", cookie.name)?;
+            }
+            writeln!(out)?;
         }
 
         let t = &self.timeouts;
         writeln!(
             out,
-            "timeouts  handshake {}, connect {}, response {}, tunnel_idle {}, shutdown {}",
+            "timeouts  handshake {}, connect {}, response {}, tunnel_idle {}, shutdown {} (spread {})",
             human(t.handshake),
             human(t.connect),
             human(t.response),
             t.tunnel_idle.map_or_else(|| "off".to_owned(), human),
             human(t.shutdown),
+            human(t.shutdown_spread),
         )?;
         let l = &self.limits;
         writeln!(

@@ -78,11 +78,15 @@ fn a_minimal_file_parses_with_defaults() {
             pools: vec![Pool {
                 name: "main".into(),
                 balance: Balance::RoundRobin,
+                hash: None,
+                sticky_cookie: None,
                 backends: vec![Backend {
                     addr: addr("127.0.0.1:9001"),
                     weight: 1,
                 }],
                 connect_attempts: 3,
+                drain_timeout: None,
+                drain_spread: Duration::from_secs(10),
             }],
             timeouts: Timeouts::default(),
             limits: Limits::default(),
@@ -281,6 +285,7 @@ buffer_size = 1024
             response: Duration::from_secs(120),
             tunnel_idle: None,
             shutdown: Duration::from_secs(3600),
+            shutdown_spread: Duration::from_secs(5),
         }
     );
     assert_eq!(
@@ -346,7 +351,7 @@ mode = "zero-copy"
             "t.toml:9:8: listeners[1].mode: \"tcp\" is not supported yet (tcp listeners come in a later release); expected one of \"http\"",
             "t.toml:12:12: routes[0].listener: no listener named \"pubic\"; did you mean \"public\"?",
             "t.toml:14:15: routes[0].path_prefix: invalid path \"chat\": a path must start with '/', as in \"/chat\"",
-            "t.toml:17:11: pools.chat.balance: unknown value \"rand\"; expected one of \"round_robin\", \"least_conn\"",
+            "t.toml:17:11: pools.chat.balance: unknown value \"rand\"; expected one of \"round_robin\", \"least_conn\", \"random_two\", \"hash\" (did you mean \"random_two\"?)",
             "t.toml:18:20: pools.chat.connect_attempts: 0 is out of range; expected 1 to 16",
             "t.toml:19:31: pools.chat.backends[1]: invalid address \"backend-2:9000\": DNS names are not supported yet; use IP:port, such as \"10.0.0.1:9000\"",
             "t.toml:19:49: pools.chat.backends[2]: duplicate backend 127.0.0.1:9001; it is already pools.chat.backends[0]",
@@ -463,7 +468,7 @@ fn unknown_keys_are_reported_everywhere() {
     );
     assert_eq!(
         error(&base("[timeouts]\nidle = \"1s\"\n")),
-        "t.toml:13:1: timeouts.idle: unknown key; expected one of \"handshake\", \"connect\", \"response\", \"tunnel_idle\", \"shutdown\""
+        "t.toml:13:1: timeouts.idle: unknown key; expected one of \"handshake\", \"connect\", \"response\", \"tunnel_idle\", \"shutdown\", \"shutdown_spread\""
     );
     assert_eq!(
         error(&BASE.replace(
@@ -485,7 +490,7 @@ fn unknown_keys_are_reported_everywhere() {
     );
     assert_eq!(
         error(&BASE.replace("backends = ", "hash_key = \"cookie:s\"\nbackends = ")),
-        "t.toml:10:1: pools.main.hash_key: not supported yet (consistent hashing comes in a later release)"
+        "t.toml:10:12: pools.main.hash_key: only used with balance = \"hash\" (this pool's balance is \"round_robin\"); set balance = \"hash\" or remove hash_key"
     );
     assert_eq!(
         error(&BASE.replace(
@@ -808,13 +813,13 @@ fn pool_rules() {
         error(&pool(
             "balance = \"hash\"\nbackends = [\"127.0.0.1:9001\"]\n"
         )),
-        "t.toml:10:11: pools.main.balance: \"hash\" is not supported yet (consistent hashing comes in a later release); expected one of \"round_robin\", \"least_conn\""
+        "t.toml:9:1: pools.main.hash_key: required key is missing; expected what balance = \"hash\" hashes: \"cookie:NAME\", \"header:NAME\", \"query:NAME\" or \"source_ip\""
     );
     assert_eq!(
         error(&pool(
             "balance = \"leastconn\"\nbackends = [\"127.0.0.1:9001\"]\n"
         )),
-        "t.toml:10:11: pools.main.balance: unknown value \"leastconn\"; expected one of \"round_robin\", \"least_conn\" (did you mean \"least_conn\"?)"
+        "t.toml:10:11: pools.main.balance: unknown value \"leastconn\"; expected one of \"round_robin\", \"least_conn\", \"random_two\", \"hash\" (did you mean \"least_conn\"?)"
     );
     assert_eq!(
         error(&pool(
@@ -1121,8 +1126,66 @@ routes (2)
 pools (2)
   main  round_robin  1 backend  connect_attempts 3
   chat  least_conn  2 backends  connect_attempts 3
-timeouts  handshake 5s, connect 3s, response 10s, tunnel_idle off, shutdown 30s
+timeouts  handshake 5s, connect 3s, response 10s, tunnel_idle off, shutdown 30s (spread 5s)
 limits    max_head_bytes 16384, max_headers 100, max_connections 500
 relay     auto, pipe_size 65536, max_pipes 1024, buffer_size 16384"
+    );
+}
+
+#[test]
+fn shutdown_spread_defaults_accepts_zero_and_must_fit_in_the_deadline() {
+    let spread = |body: &str| {
+        ok(&base(&format!("[timeouts]\n{body}\n")))
+            .timeouts
+            .shutdown_spread
+    };
+    assert_eq!(spread(""), Duration::from_secs(5));
+    assert_eq!(
+        spread("shutdown = \"3s\""),
+        Duration::from_millis(500),
+        "a sixth of a short deadline"
+    );
+    assert_eq!(
+        spread("shutdown = \"1h\""),
+        Duration::from_secs(5),
+        "at most 5 s"
+    );
+    assert_eq!(spread("shutdown_spread = \"0s\""), Duration::ZERO);
+    assert_eq!(
+        spread("shutdown = \"2s\"\nshutdown_spread = \"2s\""),
+        Duration::from_secs(2)
+    );
+    let e = error(&base(
+        "[timeouts]\nshutdown = \"2s\"\nshutdown_spread = \"3s\"\n",
+    ));
+    assert!(
+        e.starts_with(
+            "t.toml:14:19: timeouts.shutdown_spread: must not exceed timeouts.shutdown (2s)"
+        ),
+        "{e}"
+    );
+}
+
+#[test]
+fn drain_settings_default_to_keep_forever_and_parse() {
+    let pool = |extra: &str| {
+        ok(&BASE.replace("[pools.main]\n", &format!("[pools.main]\n{extra}\n"))).pools[0].clone()
+    };
+    let p = pool("");
+    assert_eq!(
+        (p.drain_timeout, p.drain_spread),
+        (None, Duration::from_secs(10))
+    );
+    let p = pool("drain_timeout = \"0\"\ndrain_spread = \"0s\"");
+    assert_eq!((p.drain_timeout, p.drain_spread), (None, Duration::ZERO));
+    let p = pool("drain_timeout = \"5m\"\ndrain_spread = \"30s\"");
+    assert_eq!(
+        (p.drain_timeout, p.drain_spread),
+        (Some(Duration::from_secs(300)), Duration::from_secs(30))
+    );
+    let e = error(&BASE.replace("[pools.main]\n", "[pools.main]\ndrain_timeout = 5\n"));
+    assert!(
+        e.contains("pools.main.drain_timeout: expected a duration"),
+        "{e}"
     );
 }

@@ -25,6 +25,9 @@
 //! 6. [`read_response_head`] and [`WebSocketUpgrade::check_response`]: the backend's answer,
 //!    and whether its 101 is a valid accept for the client's key (RFC 6455 §4.2.2).
 //! 7. [`HandshakeError`] and [`error_response`]: every failure, and the one answer each gets.
+//! 8. Sticky sessions: [`affinity_key`] (a pool's `hash_key` from the request: [`cookie`],
+//!    [`query_param`], a header, the source address) and, for the answer, [`write_set_cookie`]
+//!    and [`insert_response_headers`] to add the affinity cookie to the backend's `101`.
 //!
 //! What it deliberately does not do: open sockets (it reads and parses generic
 //! `AsyncRead`s and writes into buffers), pick a backend, connect, relay bytes after the
@@ -53,6 +56,7 @@
 
 #![forbid(unsafe_code)]
 
+mod affinity;
 mod error;
 mod fields;
 mod forward;
@@ -62,6 +66,10 @@ mod response;
 mod route;
 mod upgrade;
 
+pub use affinity::{
+    AffinityKey, affinity_key, cookie, insert_response_headers, query_param, set_cookie_value,
+    write_set_cookie,
+};
 pub use error::{HandshakeError, RETRY_AFTER_SECS, Side, error_response};
 pub use forward::{ClientInfo, write_forwarded_request};
 pub use read::{read_request_head, read_response_head};

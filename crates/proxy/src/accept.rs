@@ -16,7 +16,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{Instrument, debug, debug_span, warn};
 
-use crate::{BoundListener, Shared, conn};
+use crate::{BindError, BoundListener, Shared, conn};
 
 /// Backlog asked of the kernel (capped by `net.core.somaxconn`).
 const BACKLOG: i32 = 4096;
@@ -26,8 +26,21 @@ const BACKOFF_MAX: Duration = Duration::from_secs(1);
 /// The answer to a client over the connection limit, written without reading its request.
 const OVER_LIMIT: &[u8] = b"HTTP/1.1 503 Service Unavailable\r\nContent-Type: text/plain\r\nContent-Length: 20\r\nRetry-After: 1\r\nConnection: close\r\n\r\nToo many connections";
 
+/// Binds a configured listener.
+pub(crate) fn bind_listener(
+    listener: &sluice_config::Listener,
+) -> Result<BoundListener, BindError> {
+    bind(listener.listen)
+        .map(|socket| BoundListener::new(listener.name.clone(), socket))
+        .map_err(|source| BindError {
+            name: listener.name.clone(),
+            addr: listener.listen,
+            source,
+        })
+}
+
 /// A non-blocking listening socket with `SO_REUSEADDR`, ready for tokio.
-pub(crate) fn bind(addr: SocketAddr) -> io::Result<TcpListener> {
+fn bind(addr: SocketAddr) -> io::Result<TcpListener> {
     let socket = socket2::Socket::new(
         socket2::Domain::for_address(addr),
         socket2::Type::STREAM,
@@ -98,6 +111,7 @@ fn admit(
     connections.spawn(
         conn::serve(
             Arc::clone(shared),
+            id,
             Arc::clone(listener),
             stream,
             peer,

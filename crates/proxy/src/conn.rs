@@ -12,10 +12,11 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::BytesMut;
-use sluice_balance::{BackendGuard, Pool};
+use sluice_balance::{Affinity, BackendGuard, Pool, Token};
 use sluice_handshake::{
-    ClientInfo, HandshakeError, RequestKind, classify, error_response, parse_request,
-    read_request_head, read_response_head, write_forwarded_request,
+    ClientInfo, HandshakeError, RequestKind, affinity_key, classify, cookie, error_response,
+    insert_response_headers, parse_request, read_request_head, read_response_head,
+    write_forwarded_request, write_set_cookie,
 };
 use sluice_splice::{RelayOptions, Traffic};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -39,6 +40,7 @@ const INITIAL_HEAD_BUFFER: usize = 4096;
 /// Runs one admitted connection to its end.
 pub(crate) async fn serve(
     shared: Arc<Shared>,
+    id: u64,
     listener: Arc<str>,
     mut client: TcpStream,
     peer: SocketAddr,
@@ -46,14 +48,18 @@ pub(crate) async fn serve(
 ) {
     let _live = shared.stats.connection();
     let snapshot = shared.snapshot.load_full();
-    let outcome = handshake(&snapshot, &listener, &mut client, peer).await;
+    // Shutdown's final deadline also ends handshakes still in flight.
+    let outcome = tokio::select! {
+        outcome = handshake(&snapshot, &listener, &mut client, peer) => outcome,
+        () = shared.stop_tunnels.cancelled() => return,
+    };
     // From here on the connection needs only what it holds: a reload may retire this snapshot.
     let relay_options = relay_options(snapshot.config());
     drop(snapshot);
     match outcome {
         Ok(Handshake::Upgraded { backend, guard }) => {
             shared.stats.count_upgraded();
-            tunnel(&shared, client, backend, guard, &relay_options).await;
+            tunnel(&shared, id, client, backend, guard, &relay_options).await;
         }
         Ok(Handshake::Answered { status }) => {
             shared.stats.count_backend_failed();
@@ -134,9 +140,21 @@ async fn handshake(
     forwarded.extend_from_slice(&early);
     drop(early);
 
+    // Picked: by the affinity cookie, the hash key, or the pool's algorithm.
+    let key = pool
+        .hash_key()
+        .and_then(|k| affinity_key(&request, k, peer_ip));
+    let affinity = Affinity {
+        cookie: pool.sticky_cookie().and_then(|c| cookie(&request, &c.name)),
+        key: key.as_ref().map(|k| k.as_bytes()),
+    };
+
     // Connected.
-    let (mut backend, guard) = connect(pool, timeouts.connect).await?;
-    debug!(backend = %guard.addr(), pool = pool.name(), "connected");
+    let Connected {
+        stream: mut backend,
+        guard,
+        set_cookie,
+    } = connect(pool, affinity, timeouts.connect).await?;
     backend
         .write_all(&forwarded)
         .await
@@ -169,8 +187,20 @@ async fn handshake(
         upgrade
             .check_response(&response)
             .map_err(|e| e.with_backend(guard.addr()))?;
-        // The 101 head and any bytes the backend sent after it, as they came.
-        write_answer(client, &answer).await?;
+        // The 101 head and any bytes the backend sent after it, as they came, plus the affinity
+        // cookie when the pool sets one and the client does not have this backend's.
+        match (set_cookie, pool.sticky_cookie()) {
+            (Some(token), Some(sticky)) => {
+                let mut lines = Vec::with_capacity(128);
+                write_set_cookie(sticky, token.as_str(), &mut lines);
+                let (head, rest) = answer.split_at(response.head_len().min(answer.len()));
+                let mut out = Vec::with_capacity(answer.len() + lines.len());
+                insert_response_headers(head, &lines, &mut out);
+                out.extend_from_slice(rest);
+                write_answer(client, &out).await?;
+            }
+            _ => write_answer(client, &answer).await?,
+        }
         return Ok(Handshake::Upgraded { backend, guard });
     }
     let body_read = answer.len().saturating_sub(response.head_len());
@@ -183,20 +213,39 @@ async fn handshake(
     })
 }
 
+/// A backend connection ready for the request.
+struct Connected {
+    stream: TcpStream,
+    guard: BackendGuard,
+    /// The affinity cookie to give the client, when the pool sets one.
+    set_cookie: Option<Token>,
+}
+
 /// Tries the pool's candidates in order until one accepts the TCP connection. Refusals and
 /// connect timeouts move on to the next candidate; the last failure is the answer.
 async fn connect(
     pool: &Pool,
+    affinity: Affinity<'_>,
     timeout: Duration,
-) -> Result<(TcpStream, BackendGuard), HandshakeError> {
-    let mut picker = pool.picker();
+) -> Result<Connected, HandshakeError> {
+    let mut picker = pool.picker_for(affinity);
     let mut last_error = None;
     while let Some(guard) = picker.next_backend() {
         let addr = guard.addr();
         match tokio::time::timeout(timeout, TcpStream::connect(addr)).await {
             Ok(Ok(stream)) => {
                 let _ = stream.set_nodelay(true);
-                return Ok((stream, guard));
+                debug!(
+                    backend = %addr,
+                    pool = pool.name(),
+                    placement = picker.placement().map_or("", |p| p.label()),
+                    "connected"
+                );
+                return Ok(Connected {
+                    stream,
+                    guard,
+                    set_cookie: picker.cookie_to_set().copied(),
+                });
             }
             Ok(Err(source)) => {
                 warn!(backend = %addr, error = %source, "connect failed");
@@ -219,22 +268,24 @@ async fn connect(
 /// The L4 act: relay until both sides are done, or the tunnel is stopped.
 async fn tunnel(
     shared: &Shared,
+    id: u64,
     client: TcpStream,
     backend: TcpStream,
     guard: BackendGuard,
     options: &RelayOptions,
 ) {
     let _tunnel = shared.stats.tunnel();
+    // Drain (a reload removed the backend) or shutdown closes the tunnel through its registration.
+    let registration = shared.tunnels.register(id, Arc::clone(guard.backend()));
+    let stop = async {
+        tokio::select! {
+            () = registration.stopped() => {}
+            () = shared.stop_tunnels.cancelled() => {}
+        }
+    };
     let traffic = Traffic::default();
-    let report = sluice_splice::relay(
-        client,
-        backend,
-        options,
-        &shared.pipes,
-        &traffic,
-        shared.stop_tunnels.cancelled(),
-    )
-    .await;
+    let report =
+        sluice_splice::relay(client, backend, options, &shared.pipes, &traffic, stop).await;
     debug!(
         backend = %guard.addr(),
         closed_by = report.closed_by.label(),

@@ -20,13 +20,17 @@
 mod accept;
 mod conn;
 mod limits;
+mod reload;
 mod snapshot;
 mod stats;
+mod tunnels;
 
+use std::collections::HashMap;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::AtomicU64;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::Duration;
 
 use arc_swap::ArcSwap;
 use sluice_config::Config;
@@ -38,20 +42,29 @@ use tokio_util::task::TaskTracker;
 use tracing::{info, warn};
 
 pub use limits::derived_max_connections;
+pub use reload::{ReloadError, ReloadStats};
 pub use snapshot::{ListenerRuntime, Snapshot};
 pub use stats::Stats;
+
+use reload::Control;
+use tunnels::Tunnels;
+
+/// A listener's address could not be bound (at start or by a reload).
+#[derive(Debug, thiserror::Error)]
+#[error("listener {name}: cannot listen on {addr}: {source}")]
+pub struct BindError {
+    pub name: String,
+    pub addr: SocketAddr,
+    #[source]
+    pub source: std::io::Error,
+}
 
 /// Why the proxy could not start or run.
 #[derive(Debug, thiserror::Error)]
 pub enum ProxyError {
     /// A listener's address could not be bound.
-    #[error("listener {name}: cannot listen on {addr}: {source}")]
-    Bind {
-        name: String,
-        addr: SocketAddr,
-        #[source]
-        source: std::io::Error,
-    },
+    #[error(transparent)]
+    Bind(#[from] BindError),
     /// A bound listener was handed to [`Server::run`] that the configuration does not name.
     #[error("listener {0} is not in the configuration")]
     UnknownListener(String),
@@ -91,9 +104,19 @@ pub(crate) struct Shared {
     pub(crate) pipes: PipePool,
     pub(crate) connections: Arc<Semaphore>,
     pub(crate) max_connections: usize,
-    /// Cancelled when tunnels must end now (shutdown deadline passed).
+    /// Cancelled when everything must end now (the shutdown deadline passed): tunnels still
+    /// open and handshakes still in flight.
     pub(crate) stop_tunnels: CancellationToken,
+    /// Live tunnels, for drain and shutdown.
+    pub(crate) tunnels: Tunnels,
+    /// Every connection task, so shutdown can wait for them.
+    pub(crate) tasks: TaskTracker,
+    /// Reload and shutdown state; taken by the control plane only, never by a connection.
+    pub(crate) control: tokio::sync::Mutex<Control>,
+    /// Whether the server accepts new connections (false before `run` and from shutdown on).
+    pub(crate) ready: AtomicBool,
     pub(crate) stats: Stats,
+    pub(crate) reloads: ReloadStats,
     pub(crate) next_conn_id: AtomicU64,
 }
 
@@ -111,7 +134,7 @@ impl Server {
             .max_connections
             .unwrap_or_else(|| derived_max_connections(config.relay.max_pipes));
         let pipes = PipePool::new(config.relay.max_pipes, config.relay.pipe_size);
-        let snapshot = Snapshot::build(Arc::new(config), None, 1);
+        let snapshot = Snapshot::build(Arc::new(config), 1, |_, _| None);
         Self {
             shared: Arc::new(Shared {
                 snapshot: ArcSwap::from_pointee(snapshot),
@@ -119,7 +142,12 @@ impl Server {
                 connections: Arc::new(Semaphore::new(max_connections)),
                 max_connections,
                 stop_tunnels: CancellationToken::new(),
+                tunnels: Tunnels::default(),
+                tasks: TaskTracker::new(),
+                control: tokio::sync::Mutex::new(Control::default()),
+                ready: AtomicBool::new(false),
                 stats: Stats::default(),
+                reloads: ReloadStats::default(),
                 next_conn_id: AtomicU64::new(1),
             }),
         }
@@ -130,12 +158,7 @@ impl Server {
         let snapshot = self.shared.snapshot.load_full();
         let mut bound = Vec::with_capacity(snapshot.config().listeners.len());
         for listener in &snapshot.config().listeners {
-            let socket = accept::bind(listener.listen).map_err(|source| ProxyError::Bind {
-                name: listener.name.clone(),
-                addr: listener.listen,
-                source,
-            })?;
-            bound.push(BoundListener::new(listener.name.clone(), socket));
+            bound.push(accept::bind_listener(listener)?);
         }
         Ok(bound)
     }
@@ -160,54 +183,93 @@ impl Server {
         (self.shared.pipes.in_use(), self.shared.pipes.idle())
     }
 
+    /// Whether the server is accepting: true while it runs, false before and from shutdown on.
+    pub fn is_ready(&self) -> bool {
+        self.shared.ready.load(Ordering::Relaxed)
+    }
+
+    /// Live tunnels now.
+    pub fn live_tunnels(&self) -> usize {
+        self.shared.tunnels.len()
+    }
+
+    /// Counters of configuration reloads.
+    pub fn reloads(&self) -> &ReloadStats {
+        &self.shared.reloads
+    }
+
+    /// The addresses the running listeners are bound to, by listener name.
+    pub async fn listener_addrs(&self) -> HashMap<String, SocketAddr> {
+        self.shared.control.lock().await.listener_addrs()
+    }
+
     /// Serves on these listeners until `shutdown` resolves; then stops accepting, gives live
-    /// connections the configured shutdown deadline to finish, closes what is left, and returns.
+    /// connections until the shutdown deadline to finish, closes what is left (oldest first,
+    /// spread over the end of the deadline), and returns.
     pub async fn run(
         &self,
         listeners: Vec<BoundListener>,
         shutdown: impl Future<Output = ()>,
     ) -> Result<(), ProxyError> {
-        let snapshot = self.shared.snapshot.load_full();
-        for l in &listeners {
-            if snapshot.listener(&l.name).is_none() {
+        {
+            let snapshot = self.shared.snapshot.load_full();
+            if let Some(l) = listeners
+                .iter()
+                .find(|l| snapshot.listener(&l.name).is_none())
+            {
                 return Err(ProxyError::UnknownListener(l.name.clone()));
             }
+            let mut control = self.shared.control.lock().await;
+            for l in listeners {
+                let configured = snapshot
+                    .listener(&l.name)
+                    .map(|r| r.config().listen)
+                    .ok_or_else(|| ProxyError::UnknownListener(l.name.clone()))?;
+                control.start_listener(&self.shared, l, configured);
+            }
+            self.shared.ready.store(true, Ordering::Relaxed);
         }
-        let stop_accepting = CancellationToken::new();
-        let connections = TaskTracker::new();
-        let mut accept_loops = tokio::task::JoinSet::new();
-        for l in listeners {
-            let addr = l.local_addr().ok();
-            info!(listener = %l.name, addr = ?addr, max_connections = self.shared.max_connections, "listening");
-            accept_loops.spawn(accept::accept_loop(
-                Arc::clone(&self.shared),
-                l,
-                stop_accepting.clone(),
-                connections.clone(),
-            ));
-        }
-
         shutdown.await;
-        let deadline = snapshot.config().timeouts.shutdown;
-        let live = self.shared.stats.connections_active();
+        self.shutdown().await;
+        Ok(())
+    }
+
+    async fn shutdown(&self) {
+        let shared = &self.shared;
+        shared.ready.store(false, Ordering::Relaxed);
+        // Holding the control lock for the rest of the process: no reload may reopen anything.
+        let mut control = shared.control.lock().await;
+        control.stop_all_listeners().await;
+        shared.tasks.close();
+
+        let timeouts = shared.snapshot.load().config().timeouts;
+        let spread = timeouts.shutdown_spread.min(timeouts.shutdown);
+        let grace = timeouts.shutdown.saturating_sub(spread);
         info!(
-            live,
-            deadline = ?deadline,
+            live = shared.stats.connections_active(),
+            tunnels = shared.tunnels.len(),
+            grace = ?grace,
+            spread = ?spread,
             "shutting down: no longer accepting, waiting for live connections"
         );
-        stop_accepting.cancel();
-        while accept_loops.join_next().await.is_some() {}
-        connections.close();
-        if tokio::time::timeout(deadline, connections.wait())
+        if tokio::time::timeout(grace, shared.tasks.wait())
             .await
             .is_err()
         {
-            let left = self.shared.stats.connections_active();
-            warn!(left, "shutdown deadline reached: closing live connections");
-            self.shared.stop_tunnels.cancel();
-            connections.wait().await;
+            let closed = shared.tunnels.close_all(spread).await;
+            warn!(closed, "shutdown deadline reached: closed the tunnels left");
+            // Handshakes still in flight, and tunnels they would open, end now too.
+            shared.stop_tunnels.cancel();
+            if tokio::time::timeout(FINAL_WAIT, shared.tasks.wait())
+                .await
+                .is_err()
+            {
+                warn!("connections still closing after the deadline; leaving them");
+            }
         }
         info!("shut down");
-        Ok(())
     }
 }
+
+/// After the last tunnel was told to close, how long closing may take.
+const FINAL_WAIT: Duration = Duration::from_secs(5);

@@ -1,10 +1,11 @@
 //! The routing snapshot: everything a new connection needs to be routed and balanced, built
 //! from one configuration, immutable once built, swapped whole.
 
+use std::net::SocketAddr;
 use std::sync::Arc;
 
 use ipnet::IpNet;
-use sluice_balance::Pool;
+use sluice_balance::{Backend, Pool};
 use sluice_config::{Config, Listener};
 use sluice_handshake::Router;
 
@@ -46,16 +47,18 @@ impl ListenerRuntime {
 }
 
 impl Snapshot {
-    /// Builds the snapshot of `config`. Pools also present in `previous` keep the identity and
-    /// live counts of the backends they still list.
-    pub fn build(config: Arc<Config>, previous: Option<&Snapshot>, generation: u64) -> Self {
+    /// Builds the snapshot of `config`, generation `generation`. `known(pool, addr)` returns
+    /// the backend of that identity if an earlier generation had it, so it keeps its live count
+    /// and state; backends it does not know are new.
+    pub fn build(
+        config: Arc<Config>,
+        generation: u64,
+        known: impl Fn(&str, SocketAddr) -> Option<Arc<Backend>>,
+    ) -> Self {
         let pools: Vec<Arc<Pool>> = config
             .pools
             .iter()
-            .map(|p| {
-                let old = previous.and_then(|s| s.pool_by_name(&p.name));
-                Arc::new(Pool::from_config(p, old.map(|o| &**o)))
-            })
+            .map(|p| Arc::new(Pool::from_config(p, |addr| known(&p.name, addr))))
             .collect();
         let pool_index = |name: &str| config.pools.iter().position(|p| p.name == name);
         let listeners = config

@@ -1,0 +1,197 @@
+//! Helpers shared by the binary's test files: temporary files, free ports, signals, waiting
+//! for exit and for a listening port, and reading the JSON log as it is written.
+
+#![allow(dead_code, unreachable_pub)]
+
+use std::io::BufRead;
+use std::net::{SocketAddr, TcpListener};
+use std::path::{Path, PathBuf};
+use std::process::{Child, ChildStderr, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+pub const SLUICE: &str = env!("CARGO_BIN_EXE_sluice");
+
+pub fn repo() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
+}
+
+/// A file in a fresh directory of its own under the system's temporary directory.
+pub fn temp_file(name: &str, contents: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!(
+        "sluice-cli-{}-{}",
+        std::process::id(),
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_nanos()
+    ));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join(name);
+    std::fs::write(&path, contents).unwrap();
+    path
+}
+
+/// Replaces a file's contents in one step (rename), as configuration tools do.
+pub fn replace_file(path: &Path, contents: &str) {
+    let staged = path.with_extension("staged");
+    std::fs::write(&staged, contents).unwrap();
+    std::fs::rename(&staged, path).unwrap();
+}
+
+/// A configuration with one listener on 127.0.0.1:`port` routing everything to pool `echo` of
+/// these backends; `pool` adds keys to the pool, `extra` appends tables (`[timeouts]`, ...).
+pub fn config(port: u16, backends: &[SocketAddr], pool: &str, extra: &str) -> String {
+    let list: Vec<String> = backends.iter().map(|a| format!("\"{a}\"")).collect();
+    format!(
+        "[[listeners]]\nname = \"public\"\nlisten = \"127.0.0.1:{port}\"\n\n\
+         [[routes]]\nlistener = \"public\"\npool = \"echo\"\n\n\
+         [pools.echo]\n{pool}\nbackends = [{}]\n\n{extra}\n",
+        list.join(", ")
+    )
+}
+
+/// Opens a WebSocket through `addr` with these headers, closes it, and returns the name of
+/// the backend that answered (`X-Backend`).
+pub async fn landed(addr: SocketAddr, headers: &[(&str, &str)]) -> String {
+    use futures_util::StreamExt;
+    let (mut ws, response) = sluice_testkit::ws_connect(addr, "/", headers)
+        .await
+        .unwrap();
+    let name = response.headers()["x-backend"].to_str().unwrap().to_owned();
+    ws.close(None).await.unwrap();
+    while let Some(Ok(_)) = ws.next().await {}
+    name
+}
+
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+pub fn signal(child: &Child, signal: rustix::process::Signal) {
+    let pid = rustix::process::Pid::from_child(child);
+    rustix::process::kill_process(pid, signal).unwrap();
+}
+
+/// Waits for the child to exit within `within`; kills it and fails otherwise.
+pub fn wait_exit(child: &mut Child, within: Duration) -> std::process::ExitStatus {
+    let deadline = Instant::now() + within;
+    loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            return status;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("sluice did not exit within {within:?}");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+pub async fn wait_listening(addr: SocketAddr) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while tokio::net::TcpStream::connect(addr).await.is_err() {
+        assert!(Instant::now() < deadline, "sluice never listened on {addr}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// A `sluice run` process with JSON logs collected line by line as they are written.
+pub struct Sluice {
+    pub child: Child,
+    pub addr: SocketAddr,
+    log: Arc<Mutex<Vec<String>>>,
+}
+
+impl Sluice {
+    /// Starts `sluice run --config <config> <extra>` listening on 127.0.0.1:`port` and waits
+    /// until it accepts connections.
+    pub async fn start(config: &Path, port: u16, extra: &[&str]) -> Self {
+        let mut child = Command::new(SLUICE)
+            .args(["run", "--log-format", "json", "--config"])
+            .arg(config)
+            .args(extra)
+            .env("RUST_LOG", "info")
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let log = Arc::new(Mutex::new(Vec::new()));
+        collect_lines(child.stderr.take().unwrap(), Arc::clone(&log));
+        let addr = SocketAddr::from(([127, 0, 0, 1], port));
+        wait_listening(addr).await;
+        Self { child, addr, log }
+    }
+
+    /// Every log line so far.
+    pub fn log(&self) -> Vec<String> {
+        self.log.lock().unwrap().clone()
+    }
+
+    /// Waits until a log line contains every one of `needles`; returns it.
+    pub async fn wait_log(&self, needles: &[&str], within: Duration) -> String {
+        let deadline = Instant::now() + within;
+        loop {
+            if let Some(line) = self
+                .log
+                .lock()
+                .unwrap()
+                .iter()
+                .find(|l| needles.iter().all(|n| l.contains(n)))
+            {
+                return line.clone();
+            }
+            assert!(
+                Instant::now() < deadline,
+                "no log line with {needles:?} in:\n{}",
+                self.log().join("\n")
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+
+    /// Waits until the log says configuration generation `generation` is applied.
+    pub async fn wait_generation(&self, generation: u64) {
+        let generation = format!("\"generation\":{generation}");
+        self.wait_log(
+            &["configuration reloaded", &generation],
+            Duration::from_secs(20),
+        )
+        .await;
+    }
+
+    pub fn signal(&self, sig: rustix::process::Signal) {
+        signal(&self.child, sig);
+    }
+
+    /// SIGTERM, then the exit status.
+    pub async fn stop(mut self) -> std::process::ExitStatus {
+        self.signal(rustix::process::Signal::TERM);
+        tokio::task::spawn_blocking(move || wait_exit(&mut self.child, Duration::from_secs(60)))
+            .await
+            .unwrap()
+    }
+}
+
+impl Drop for Sluice {
+    /// A test that failed half-way must not leave its process running (or holding the test
+    /// runner's output open).
+    fn drop(&mut self) {
+        if self.child.try_wait().ok().flatten().is_none() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
+fn collect_lines(stderr: ChildStderr, into: Arc<Mutex<Vec<String>>>) {
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(stderr).lines() {
+            let Ok(line) = line else { break };
+            into.lock().unwrap().push(line);
+        }
+    });
+}

@@ -1,0 +1,188 @@
+//! The registry of live tunnels: what drain and shutdown need to close tunnels one by one,
+//! oldest first, spread over a window.
+//!
+//! A tunnel registers when its relay starts and is removed when it ends (RAII). Each entry holds
+//! the tunnel's own stop token, its backend and its start. The registry is sharded by tunnel id
+//! so the two brief lock holds per tunnel lifetime (insert, remove) do not contend; nothing
+//! touches it per relayed byte. Drain and shutdown, which are rare, scan it whole.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::time::Duration;
+
+use sluice_balance::Backend;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, info};
+
+const SHARDS: usize = 16;
+
+/// One live tunnel as the registry sees it.
+#[derive(Debug)]
+struct Entry {
+    backend: Arc<Backend>,
+    stop: CancellationToken,
+}
+
+/// Live tunnels, by id (ids grow with accept order, so the smallest is the oldest).
+#[derive(Debug, Default)]
+pub(crate) struct Tunnels {
+    shards: [Mutex<HashMap<u64, Entry>>; SHARDS],
+}
+
+/// A tunnel's place in the registry; dropping it removes the tunnel.
+#[derive(Debug)]
+pub(crate) struct Registration<'a> {
+    tunnels: &'a Tunnels,
+    id: u64,
+    stop: CancellationToken,
+}
+
+impl Registration<'_> {
+    /// Resolves when drain or shutdown asks this tunnel to close.
+    pub(crate) fn stopped(&self) -> tokio_util::sync::WaitForCancellationFuture<'_> {
+        self.stop.cancelled()
+    }
+}
+
+impl Drop for Registration<'_> {
+    fn drop(&mut self) {
+        self.tunnels.shard(self.id).remove(&self.id);
+    }
+}
+
+impl Tunnels {
+    /// Registers tunnel `id` to `backend`.
+    pub(crate) fn register(&self, id: u64, backend: Arc<Backend>) -> Registration<'_> {
+        let stop = CancellationToken::new();
+        self.shard(id).insert(
+            id,
+            Entry {
+                backend,
+                stop: stop.clone(),
+            },
+        );
+        Registration {
+            tunnels: self,
+            id,
+            stop,
+        }
+    }
+
+    /// Live tunnels now.
+    pub(crate) fn len(&self) -> usize {
+        self.shards.iter().map(|s| lock(s).len()).sum()
+    }
+
+    /// Stop tokens of the live tunnels that `filter` selects, oldest first.
+    fn select(&self, filter: impl Fn(&Backend) -> bool) -> Vec<CancellationToken> {
+        let mut chosen: Vec<(u64, CancellationToken)> = Vec::new();
+        for shard in &self.shards {
+            chosen.extend(
+                lock(shard)
+                    .iter()
+                    .filter(|(_, e)| filter(&e.backend))
+                    .map(|(id, e)| (*id, e.stop.clone())),
+            );
+        }
+        chosen.sort_unstable_by_key(|(id, _)| *id);
+        chosen.into_iter().map(|(_, stop)| stop).collect()
+    }
+
+    /// Closes the live tunnels to `backend`, oldest first, spread evenly over `spread`.
+    pub(crate) async fn close_backend(&self, backend: &Arc<Backend>, spread: Duration) -> usize {
+        let victims = self.select(|b| std::ptr::eq(b, &**backend));
+        let n = victims.len();
+        if n > 0 {
+            info!(backend = %backend.addr(), tunnels = n, spread = ?spread, "drain deadline: closing tunnels");
+        }
+        close_spread(victims, spread).await;
+        n
+    }
+
+    /// Closes every live tunnel, oldest first, spread evenly over `spread`.
+    pub(crate) async fn close_all(&self, spread: Duration) -> usize {
+        let victims = self.select(|_| true);
+        let n = victims.len();
+        close_spread(victims, spread).await;
+        n
+    }
+
+    fn shard(&self, id: u64) -> MutexGuard<'_, HashMap<u64, Entry>> {
+        // `SHARDS` is a power of two well within u64; the index is always in range.
+        let index = (id % SHARDS as u64) as usize;
+        lock(&self.shards[index])
+    }
+}
+
+/// Cancels each token at its slot: the i-th of n at `start + spread × i / n`, so the first goes
+/// at once and the closes are even over the window (never all at once: clients reconnect
+/// somewhere, and a burst of reconnects is an outage of its own).
+async fn close_spread(victims: Vec<CancellationToken>, spread: Duration) {
+    let start = Instant::now();
+    let n = victims.len() as u32;
+    for (i, stop) in (0u32..).zip(victims) {
+        if n > 1 {
+            tokio::time::sleep_until(start + spread * i / n).await;
+        }
+        debug!(tunnel = i, "closing");
+        stop.cancel();
+    }
+}
+
+/// A poisoned shard only means a panic elsewhere while holding it: the map itself is intact.
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn backend(port: u16) -> Arc<Backend> {
+        Arc::new(Backend::new(
+            std::net::SocketAddr::from(([127, 0, 0, 1], port)),
+            1,
+        ))
+    }
+
+    #[test]
+    fn registrations_come_and_go() {
+        let tunnels = Tunnels::default();
+        let b = backend(1);
+        let r1 = tunnels.register(1, Arc::clone(&b));
+        let r2 = tunnels.register(2, Arc::clone(&b));
+        assert_eq!(tunnels.len(), 2);
+        drop(r1);
+        assert_eq!(tunnels.len(), 1);
+        drop(r2);
+        assert_eq!(tunnels.len(), 0);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn closes_only_the_backend_s_tunnels_oldest_first_spread_evenly() {
+        let tunnels = Tunnels::default();
+        let (a, b) = (backend(1), backend(2));
+        // Ids spread over shards and registered out of order: 3 is a's oldest, 40 its youngest.
+        let regs: Vec<_> = [(40, &a), (3, &a), (17, &b), (21, &a), (5, &a)]
+            .into_iter()
+            .map(|(id, be)| (id, tunnels.register(id, Arc::clone(be))))
+            .collect();
+        let start = Instant::now();
+        let closed_at = Arc::new(Mutex::new(Vec::new()));
+        for (id, registration) in &regs {
+            let (id, stop, closed_at) = (*id, registration.stop.clone(), Arc::clone(&closed_at));
+            tokio::spawn(async move {
+                stop.cancelled().await;
+                let secs = (Instant::now() - start).as_secs();
+                closed_at.lock().unwrap().push((id, secs));
+            });
+        }
+        assert_eq!(tunnels.close_backend(&a, Duration::from_secs(8)).await, 4);
+        tokio::task::yield_now().await;
+        let mut order = closed_at.lock().unwrap().clone();
+        order.sort_unstable_by_key(|&(_, secs)| secs);
+        assert_eq!(order, vec![(3, 0), (5, 2), (21, 4), (40, 6)]);
+        assert!(!regs[2].1.stop.is_cancelled(), "b's tunnel is untouched");
+    }
+}
