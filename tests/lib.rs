@@ -71,6 +71,14 @@ impl Proxy {
         format!("ws://{}{}", self.addr(), path)
     }
 
+    /// The admin listener's address (the test's configuration must have an `[admin]` table).
+    pub async fn admin_addr(&self) -> SocketAddr {
+        self.server
+            .admin_addr()
+            .await
+            .expect("no [admin] in this configuration")
+    }
+
     /// The server, for its live counters.
     pub fn server(&self) -> &Server {
         &self.server

@@ -4,8 +4,11 @@
 
 #![allow(clippy::unwrap_used)]
 
+mod admin;
 mod backends;
+mod health;
 mod hostile;
+mod http;
 mod relay;
 mod reload;
 mod routing;

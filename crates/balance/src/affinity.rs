@@ -24,6 +24,11 @@
 //! because of the bound. When a backend takes the connection, it holds at most
 //! `⌈c · mean⌉` (mean over the live connections at that moment).
 //!
+//! A backend in slow start counts with its ramped weight, in `W` and in its own capacity, so it
+//! takes no more than its ramp's share of hashed connections; the key's preference order itself
+//! (rendezvous costs) uses the configured weights, so keys come home as the ramp grows.
+//! Unbounded hashing ignores slow start.
+//!
 //! The affinity cookie ignores the bound: a client that was given a backend keeps it while the
 //! backend takes connections (that is what the cookie promises). Fallback algorithms need no
 //! bound: they balance by themselves.
@@ -125,13 +130,17 @@ impl Picker<'_> {
     /// under its bounded load; if every remaining one is at its bound, the first remaining one.
     fn next_hashed(&self, key: u64) -> Option<(usize, Placement)> {
         let backends = &self.pool.backends;
-        // Connections one unit of weight may hold: c · (L + 1) / W.
+        // Connections one unit of weight may hold: c · (L + 1) / W, with weights ramped for
+        // backends in slow start (fixed point: the unit cancels out).
         let per_weight = self.pool.balance_factor.map(|factor| {
             let (live, weight) = backends
                 .iter()
-                .filter(|b| b.is_available())
+                .filter(|b| b.is_available_ms(self.now))
                 .fold((0u64, 0u64), |(live, weight), b| {
-                    (live + b.active() as u64, weight + u64::from(b.weight))
+                    (
+                        live + b.active() as u64,
+                        weight + b.effective_weight(self.now),
+                    )
                 });
             // Exact when the true value is an integer: both products are exact in an f64.
             factor * (live + 1) as f64 / weight.max(1) as f64
@@ -153,7 +162,7 @@ impl Picker<'_> {
                 best = Some((cost, id, index));
             }
             let fits = per_weight.is_none_or(|per_weight| {
-                let capacity = (per_weight * f64::from(backend.weight)).ceil();
+                let capacity = (per_weight * backend.effective_weight(self.now) as f64).ceil();
                 (backend.active() as f64) < capacity
             });
             if fits && beats(best_fit) {
@@ -169,20 +178,21 @@ impl Picker<'_> {
 
     /// Power of two choices: two distinct backends drawn at random in proportion to their
     /// weights, and the one with fewer live connections per unit of weight (the first drawn on
-    /// a tie, which is itself random).
+    /// a tie, which is itself random). Weights are ramped for backends in slow start, in the
+    /// draw and in the comparison.
     fn next_random_two(&self) -> Option<usize> {
         let backends = &self.pool.backends;
         let total: u64 = (0..backends.len())
             .filter(|&i| self.eligible(i))
             .filter_map(|i| backends.get(i))
-            .map(|b| u64::from(b.weight))
+            .map(|b| b.effective_weight(self.now))
             .sum();
         if total == 0 {
             return None;
         }
         let a = self.weighted_draw(random::below(total), None)?;
         let a_backend = backends.get(a)?;
-        let rest = total - u64::from(a_backend.weight);
+        let rest = total - a_backend.effective_weight(self.now);
         if rest == 0 {
             return Some(a);
         }
@@ -192,7 +202,9 @@ impl Picker<'_> {
         let Some(b_backend) = backends.get(b) else {
             return Some(a);
         };
-        let load = |x: &crate::Backend, y: &crate::Backend| x.active() as u64 * u64::from(y.weight);
+        let load = |x: &crate::Backend, y: &crate::Backend| {
+            x.active() as u64 * y.effective_weight(self.now)
+        };
         Some(if load(b_backend, a_backend) < load(a_backend, b_backend) {
             b
         } else {
@@ -206,7 +218,7 @@ impl Picker<'_> {
             if Some(index) == skip || !self.eligible(index) {
                 continue;
             }
-            let weight = u64::from(backend.weight);
+            let weight = backend.effective_weight(self.now);
             if point < weight {
                 return Some(index);
             }
@@ -258,6 +270,11 @@ pub(crate) mod tests {
             connect_attempts: 3,
             drain_timeout: None,
             drain_spread: std::time::Duration::ZERO,
+            health_check: None,
+            outlier: None,
+            slow_start: None,
+            idle_connections: 0,
+            idle_timeout: std::time::Duration::from_secs(4),
         }
     }
 

@@ -18,6 +18,16 @@
 //! - `hash`: weighted rendezvous hashing of a sticky key ([`hash`], whose function is a
 //!   stability contract), with bounded loads; requests without the key use the pool's fallback.
 //!
+//! **Health** ([`Health`], `health.rs`): a backend is a candidate only when it is not draining,
+//! not down (active checks, run by `sluice-health`, with rise/fall counted here:
+//! [`Backend::record_check`]) and not ejected (passive checks: [`Backend::record_connect_failure`]
+//! and [`Backend::record_connect_success`], reported by the proxy). A backend coming back is in
+//! **slow start** for its pool's window: its weight times a ramp from [`SLOW_START_FLOOR`] to 1,
+//! used by every algorithm (least_conn and bounded loads compare live counts against the ramped
+//! weight, round robin takes its turns with the ramp's probability, random_two draws and
+//! compares by ramped weights). All of it is atomics on the backend, read once per candidate;
+//! a [`Picker`] reads the clock once, when it is created.
+//!
 //! On top of any of them, a pool may insert an **affinity cookie**: its value is the chosen
 //! backend's [`Token`] (opaque, stable across processes; [`token`]), and a client presenting a
 //! valid one is sent back to that backend first while it takes connections. The proxy passes
@@ -32,17 +42,24 @@
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
 
-pub use sluice_config::{Balance, HashKey, HashPolicy, StickyCookie};
+pub use sluice_config::{Balance, HashKey, HashPolicy, HealthCheck, StickyCookie};
 
 mod affinity;
 pub mod hash;
+mod health;
 mod random;
+#[cfg(test)]
+mod slow_start;
 #[cfg(test)]
 mod spread;
 pub mod token;
 
 pub use affinity::{Affinity, Placement};
+pub use health::{
+    CheckFailure, Health, HealthCounters, OutlierPolicy, SLOW_START_FLOOR, Transition,
+};
 pub use token::Token;
 
 /// One backend server. Shared (`Arc`) by every snapshot that lists it, so its identity and live
@@ -55,6 +72,8 @@ pub struct Backend {
     identity_hash: u64,
     active: AtomicUsize,
     draining: AtomicBool,
+    /// Active and passive check results, slow start (`health.rs`).
+    state: health::HealthState,
 }
 
 impl Backend {
@@ -66,6 +85,7 @@ impl Backend {
             identity_hash: hash::identity_hash(addr),
             active: AtomicUsize::new(0),
             draining: AtomicBool::new(false),
+            state: health::HealthState::default(),
         }
     }
 
@@ -89,9 +109,9 @@ impl Backend {
         self.active.load(Ordering::Relaxed)
     }
 
-    /// Whether new connections may be sent to it.
-    pub fn is_available(&self) -> bool {
-        !self.draining.load(Ordering::Relaxed)
+    /// Whether a reload removed it (it takes no new connection; its tunnels drain).
+    pub fn is_draining(&self) -> bool {
+        self.draining.load(Ordering::Relaxed)
     }
 
     /// Stop (or resume) sending it new connections; live ones are untouched.
@@ -152,12 +172,20 @@ pub struct Pool {
     sticky_cookie: Option<StickyCookie>,
     /// Each backend's cookie token, in backend order.
     tokens: Vec<Token>,
+    /// Active checks of the backends, run by the `sluice-health` crate.
+    health_check: Option<HealthCheck>,
+    /// Passive checks (copied onto each backend).
+    outlier: Option<OutlierPolicy>,
+    /// The slow-start window (copied onto each backend).
+    slow_start: Option<Duration>,
 }
 
 impl Pool {
     /// Builds a pool from its configuration. A backend that `known` returns for its address
     /// (one of a previous generation of this pool, live or draining) is kept, the same `Arc`
-    /// with its live count and state, as long as its weight did not change; the others are new.
+    /// with its live count and state, as long as its weight did not change; otherwise a new one
+    /// takes over its health (down, ejected, slow start, counters) but not its live count. The
+    /// others are new, and up.
     pub fn from_config(
         config: &sluice_config::Pool,
         known: impl Fn(SocketAddr) -> Option<Arc<Backend>>,
@@ -165,10 +193,14 @@ impl Pool {
         let backends = config
             .backends
             .iter()
-            .map(|b| {
-                known(b.addr)
-                    .filter(|old| old.weight == b.weight.max(1))
-                    .unwrap_or_else(|| Arc::new(Backend::new(b.addr, b.weight)))
+            .map(|b| match known(b.addr) {
+                Some(old) if old.weight == b.weight.max(1) => old,
+                Some(old) => {
+                    let new = Backend::new(b.addr, b.weight);
+                    new.inherit_health(&old);
+                    Arc::new(new)
+                }
+                None => Arc::new(Backend::new(b.addr, b.weight)),
             })
             .collect();
         let pool = Self::new(
@@ -176,6 +208,11 @@ impl Pool {
             config.balance,
             backends,
             config.connect_attempts,
+        )
+        .with_health(
+            config.health_check.clone(),
+            config.outlier.map(OutlierPolicy::from),
+            config.slow_start,
         );
         let pool = match &config.hash {
             Some(policy) => pool.with_hash(policy.clone()),
@@ -209,7 +246,42 @@ impl Pool {
             balance_factor: sluice_config::defaults::HASH_BALANCE_FACTOR,
             sticky_cookie: None,
             tokens,
+            health_check: None,
+            outlier: None,
+            slow_start: None,
         }
+    }
+
+    /// Sets how the pool judges its backends: active checks (run by `sluice-health`), passive
+    /// checks and the slow-start window, the last two copied onto every backend.
+    pub fn with_health(
+        mut self,
+        health_check: Option<HealthCheck>,
+        outlier: Option<OutlierPolicy>,
+        slow_start: Option<Duration>,
+    ) -> Self {
+        for backend in &self.backends {
+            backend.set_policies(slow_start, outlier);
+        }
+        self.health_check = health_check;
+        self.outlier = outlier;
+        self.slow_start = slow_start;
+        self
+    }
+
+    /// The pool's active checks, if any.
+    pub fn health_check(&self) -> Option<&HealthCheck> {
+        self.health_check.as_ref()
+    }
+
+    /// The pool's passive checks, if any.
+    pub fn outlier(&self) -> Option<OutlierPolicy> {
+        self.outlier
+    }
+
+    /// The pool's slow-start window, if any.
+    pub fn slow_start(&self) -> Option<Duration> {
+        self.slow_start
     }
 
     /// Sets how the pool hashes (meaningful with `Balance::Hash`). A fallback of
@@ -312,6 +384,11 @@ impl Pool {
     /// Later candidates (after a failed connect) continue the same order, skipping backends
     /// already tried.
     pub fn picker_for(&self, affinity: Affinity<'_>) -> Picker<'_> {
+        self.picker_at(affinity, Instant::now())
+    }
+
+    /// [`Pool::picker_for`] as of `now`, for health and slow start (simulations and tests).
+    pub fn picker_at(&self, affinity: Affinity<'_>, now: Instant) -> Picker<'_> {
         let presented = match (&self.sticky_cookie, affinity.cookie) {
             (Some(_), Some(cookie)) => self.token_index(cookie),
             _ => None,
@@ -327,6 +404,7 @@ impl Pool {
             presented,
             key_hash,
             last: None,
+            now: health::millis(now),
         }
     }
 }
@@ -354,6 +432,8 @@ pub struct Picker<'a> {
     key_hash: Option<u64>,
     /// The backend handed out last, and how it was chosen.
     last: Option<(usize, Placement)>,
+    /// When the choice is made (a stored timestamp, `health.rs`): ejections and ramps as of then.
+    now: u64,
 }
 
 impl<'a> Picker<'a> {
@@ -397,15 +477,45 @@ impl<'a> Picker<'a> {
                 .pool
                 .backends
                 .get(index)
-                .is_some_and(|b| b.is_available())
+                .is_some_and(|b| b.is_available_ms(self.now))
     }
 
+    /// A backend's ramp (fixed point, `health::RAMP_ONE` = 1) at the time of the choice.
+    fn ramp(&self, index: usize) -> u64 {
+        self.pool
+            .backends
+            .get(index)
+            .map_or(health::RAMP_ONE, |b| b.ramp_q(self.now))
+    }
+
+    /// A backend's weight times its ramp, fixed point.
+    fn effective_weight(&self, index: usize) -> u64 {
+        self.pool
+            .backends
+            .get(index)
+            .map_or(0, |b| b.effective_weight(self.now))
+    }
+
+    /// The schedule from this connection's start; a backend in slow start is taken with a
+    /// probability equal to its ramp, or passed over for the next one, so its share follows
+    /// its ramped weight. If the dice pass over every eligible backend, the first one.
     fn next_round_robin(&self) -> Option<usize> {
         let schedule = &self.pool.schedule;
-        (0..schedule.len())
-            .filter_map(|step| schedule.get(self.start.wrapping_add(step) % schedule.len()))
-            .copied()
-            .find(|&index| self.eligible(index))
+        let mut first = None;
+        for step in 0..schedule.len() {
+            let Some(&index) = schedule.get(self.start.wrapping_add(step) % schedule.len()) else {
+                continue;
+            };
+            if !self.eligible(index) {
+                continue;
+            }
+            let ramp = self.ramp(index);
+            if ramp >= health::RAMP_ONE || random::below(health::RAMP_ONE) < ramp {
+                return Some(index);
+            }
+            first.get_or_insert(index);
+        }
+        first
     }
 
     /// The backend with the fewest live connections per unit of weight; among equals, the first
@@ -414,7 +524,7 @@ impl<'a> Picker<'a> {
         let backends = &self.pool.backends;
         let n = backends.len();
         // (index, active, weight) of the best so far; loads compare as active/weight, exactly,
-        // by cross-multiplication.
+        // by cross-multiplication. The weight is ramped for a backend in slow start.
         let mut best: Option<(usize, u64, u64)> = None;
         for step in 0..n {
             let index = self.start.wrapping_add(step) % n;
@@ -424,7 +534,7 @@ impl<'a> Picker<'a> {
             let Some(backend) = backends.get(index) else {
                 continue;
             };
-            let (active, weight) = (backend.active() as u64, u64::from(backend.weight));
+            let (active, weight) = (backend.active() as u64, self.effective_weight(index));
             if best.is_none_or(|(_, best_active, best_weight)| {
                 active * best_weight < best_active * weight
             }) {
@@ -609,6 +719,11 @@ mod tests {
             connect_attempts: 2,
             drain_timeout: None,
             drain_spread: std::time::Duration::ZERO,
+            health_check: None,
+            outlier: None,
+            slow_start: None,
+            idle_connections: 0,
+            idle_timeout: std::time::Duration::from_secs(4),
         };
         let old = Pool::from_config(&config(&[1, 2]), |_| None);
         let _live = old.backends()[1].acquire();

@@ -8,7 +8,7 @@
 use crate::defaults;
 use crate::matchers;
 use crate::model::{Balance, HashKey, HashPolicy, SameSite, Secret, StickyCookie};
-use crate::read::{Item, Keys, Reader, Table, did_you_mean};
+use crate::read::{Item, Keys, Reader, Table, checked, did_you_mean};
 
 const STICKY_COOKIE: Keys = Keys {
     known: &[
@@ -377,47 +377,14 @@ fn is_tchar(c: char) -> bool {
     c.is_ascii_alphanumeric() || "!#$%&'*+-.^_`|~".contains(c)
 }
 
-/// A checked conversion: the value, or its problem reported at `item`.
-fn checked<T>(r: &mut Reader<'_>, item: &Item<'_, '_>, result: Result<T, String>) -> Option<T> {
-    result.map_err(|problem| r.report(item, problem)).ok()
-}
-
 #[cfg(test)]
 mod tests {
     use std::time::Duration;
 
-    use crate::model::{Balance, HashKey, HashPolicy, Pool, SameSite, Secret, StickyCookie};
+    use crate::model::{Balance, HashKey, HashPolicy, SameSite, Secret, StickyCookie};
     use crate::parse;
 
-    /// A valid file whose pool `main` has `lines` before its backends (line 10 is the first of
-    /// `lines`).
-    fn file(lines: &str) -> String {
-        format!(
-            "[[listeners]]\nname = \"public\"\nlisten = \"127.0.0.1:8080\"\n\n[[routes]]\n\
-             listener = \"public\"\npool = \"main\"\n\n[pools.main]\n{lines}\
-             backends = [\"127.0.0.1:9001\"]\n"
-        )
-    }
-
-    fn pool(lines: &str) -> Pool {
-        match parse(&file(lines), "t.toml") {
-            Ok(config) => config.pools[0].clone(),
-            Err(e) => panic!("expected a valid pool, got:\n{e}"),
-        }
-    }
-
-    fn errors(lines: &str) -> Vec<String> {
-        match parse(&file(lines), "t.toml") {
-            Ok(_) => panic!("expected errors from:\n{lines}"),
-            Err(e) => e.errors.iter().map(ToString::to_string).collect(),
-        }
-    }
-
-    fn error(lines: &str) -> String {
-        let errors = errors(lines);
-        assert_eq!(errors.len(), 1, "{errors:#?}");
-        errors.into_iter().next().unwrap_or_default()
-    }
+    use crate::test_support::{error, errors, file, pool};
 
     #[test]
     fn a_hash_pool_parses_with_every_key() {

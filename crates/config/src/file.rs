@@ -8,15 +8,17 @@
 
 use std::net::SocketAddr;
 use std::ops::Range;
+use std::time::Duration;
 
 use crate::balancing;
 use crate::defaults;
+use crate::health;
 use crate::matchers;
 use crate::model::{
     Backend, Config, HeaderMatch, Limits, Listener, ListenerMode, Pool, Relay, RelayMode, Route,
-    Timeouts,
+    TcpKeepalive, Timeouts,
 };
-use crate::read::{Item, Keys, Reader, Table, Value, did_you_mean, quoted_list};
+use crate::read::{Item, Keys, Reader, Table, Value, checked, did_you_mean, quoted_list};
 
 const ROOT: Keys = Keys {
     known: &[
@@ -26,11 +28,9 @@ const ROOT: Keys = Keys {
         "timeouts",
         "limits",
         "relay",
-    ],
-    later: &[(
         "admin",
-        "the admin listener for /metrics and /healthz comes in a later release",
-    )],
+    ],
+    later: &[],
 };
 
 const LISTENER: Keys = Keys {
@@ -75,6 +75,11 @@ const POOL: Keys = Keys {
         "backends",
         "drain_timeout",
         "drain_spread",
+        "health_check",
+        "outlier",
+        "slow_start",
+        "idle_connections",
+        "idle_timeout",
     ],
     later: &[],
 };
@@ -90,6 +95,9 @@ const TIMEOUTS: Keys = Keys {
         "connect",
         "response",
         "tunnel_idle",
+        "half_closed",
+        "client_idle",
+        "body_stall",
         "shutdown",
         "shutdown_spread",
     ],
@@ -97,12 +105,29 @@ const TIMEOUTS: Keys = Keys {
 };
 
 const LIMITS: Keys = Keys {
-    known: &["max_head_bytes", "max_headers", "max_connections"],
+    known: &[
+        "max_head_bytes",
+        "max_headers",
+        "max_body_bytes",
+        "max_connections",
+    ],
     later: &[],
 };
 
 const RELAY: Keys = Keys {
-    known: &["mode", "pipe_size", "max_pipes", "buffer_size"],
+    known: &[
+        "mode",
+        "pipe_size",
+        "max_pipes",
+        "buffer_size",
+        "tcp_keepalive",
+        "tcp_user_timeout",
+    ],
+    later: &[],
+};
+
+const TCP_KEEPALIVE: Keys = Keys {
+    known: &["idle", "interval", "count"],
     later: &[],
 };
 
@@ -128,6 +153,10 @@ pub(crate) fn config(r: &mut Reader<'_>, root: &Value<'_>) -> Option<Config> {
         Some(item) => relay(r, item),
         None => Some(Relay::default()),
     };
+    let admin = match root.get("admin") {
+        Some(item) => crate::admin::admin(r, item).map(Some),
+        None => Some(None),
+    };
 
     Some(Config {
         listeners: listeners?,
@@ -136,6 +165,7 @@ pub(crate) fn config(r: &mut Reader<'_>, root: &Value<'_>) -> Option<Config> {
         timeouts: timeouts?,
         limits: limits?,
         relay: relay?,
+        admin: admin?,
     })
 }
 
@@ -327,6 +357,8 @@ fn pool(r: &mut Reader<'_>, name: Option<String>, item: Item<'_, '_>) -> Option<
 
     // balance, hash_key, hash_fallback, hash_balance_factor, sticky_cookie.
     let balancing = balancing::balancing(r, &t);
+    // health_check, outlier, slow_start.
+    let health = health::health(r, &t);
 
     let connect_attempts = t.optional("connect_attempts", defaults::CONNECT_ATTEMPTS, |item| {
         item.int(r, defaults::CONNECT_ATTEMPTS_RANGE)
@@ -338,6 +370,20 @@ fn pool(r: &mut Reader<'_>, name: Option<String>, item: Item<'_, '_>) -> Option<
     });
     let drain_spread = t.optional("drain_spread", defaults::DRAIN_SPREAD, |item| {
         item.duration(r)
+    });
+    let idle_connections = t.optional("idle_connections", defaults::IDLE_CONNECTIONS, |item| {
+        item.int(r, defaults::IDLE_CONNECTIONS_RANGE)
+    });
+    let idle_timeout = t.optional("idle_timeout", defaults::IDLE_TIMEOUT, |item| {
+        let d = item.duration(r)?;
+        if d.is_zero() {
+            r.report(
+                &item,
+                "must be greater than zero; set idle_connections = 0 to keep no idle connection",
+            );
+            return None;
+        }
+        Some(d)
     });
 
     let backends = t
@@ -379,6 +425,11 @@ fn pool(r: &mut Reader<'_>, name: Option<String>, item: Item<'_, '_>) -> Option<
         connect_attempts: connect_attempts?,
         drain_timeout: drain_timeout?,
         drain_spread: drain_spread?,
+        health_check: health.as_ref()?.health_check.clone(),
+        outlier: health.as_ref()?.outlier,
+        slow_start: health?.slow_start,
+        idle_connections: idle_connections?,
+        idle_timeout: idle_timeout?,
     })
 }
 
@@ -562,8 +613,14 @@ fn timeouts(r: &mut Reader<'_>, item: Item<'_, '_>) -> Option<Timeouts> {
     let connect = positive("connect", defaults::CONNECT_TIMEOUT);
     let response = positive("response", defaults::RESPONSE_TIMEOUT);
     let shutdown = positive("shutdown", defaults::SHUTDOWN_TIMEOUT);
+    let client_idle = positive("client_idle", defaults::CLIENT_IDLE_TIMEOUT);
+    let body_stall = positive("body_stall", defaults::BODY_STALL_TIMEOUT);
     // Zero turns the idle timeout off.
     let tunnel_idle = t.optional("tunnel_idle", defaults::TUNNEL_IDLE_TIMEOUT, |item| {
+        item.duration(r).map(|d| Some(d).filter(|d| !d.is_zero()))
+    });
+    // Zero turns the half-closed timeout off.
+    let half_closed = t.optional("half_closed", defaults::HALF_CLOSED_TIMEOUT, |item| {
         item.duration(r).map(|d| Some(d).filter(|d| !d.is_zero()))
     });
     // Zero closes what is left all at once; it must fit inside the shutdown deadline.
@@ -587,6 +644,9 @@ fn timeouts(r: &mut Reader<'_>, item: Item<'_, '_>) -> Option<Timeouts> {
         connect: connect?,
         response: response?,
         tunnel_idle: tunnel_idle?,
+        half_closed: half_closed?,
+        client_idle: client_idle?,
+        body_stall: body_stall?,
         shutdown: shutdown?,
         shutdown_spread: shutdown_spread?,
     })
@@ -600,12 +660,16 @@ fn limits(r: &mut Reader<'_>, item: Item<'_, '_>) -> Option<Limits> {
     let max_headers = t.optional("max_headers", defaults::MAX_HEADERS, |item| {
         item.int(r, defaults::MAX_HEADERS_RANGE)
     });
+    let max_body_bytes = t.optional("max_body_bytes", defaults::MAX_BODY_BYTES, |item| {
+        item.int(r, defaults::MAX_BODY_BYTES_RANGE).map(Some)
+    });
     let max_connections = t.optional("max_connections", defaults::MAX_CONNECTIONS, |item| {
         item.int(r, defaults::MAX_CONNECTIONS_RANGE).map(Some)
     });
     Some(Limits {
         max_head_bytes: max_head_bytes?,
         max_headers: max_headers?,
+        max_body_bytes: max_body_bytes?,
         max_connections: max_connections?,
     })
 }
@@ -632,17 +696,69 @@ fn relay(r: &mut Reader<'_>, item: Item<'_, '_>) -> Option<Relay> {
     let buffer_size = t.optional("buffer_size", defaults::BUFFER_SIZE, |item| {
         item.int(r, defaults::BUFFER_SIZE_RANGE)
     });
+    let tcp_keepalive = t.optional("tcp_keepalive", defaults::TCP_KEEPALIVE, |item| {
+        tcp_keepalive(r, item).map(Some)
+    });
+    // Zero leaves the system's setting.
+    let tcp_user_timeout = t.optional("tcp_user_timeout", defaults::TCP_USER_TIMEOUT, |item| {
+        let d = item.duration(r)?;
+        if u32::try_from(d.as_millis()).is_err() {
+            r.report(
+                &item,
+                "must be at most 49d (the kernel counts milliseconds in 32 bits)",
+            );
+            return None;
+        }
+        Some(Some(d).filter(|d| !d.is_zero()))
+    });
     Some(Relay {
         mode: mode?,
         pipe_size: pipe_size?,
         max_pipes: max_pipes?,
         buffer_size: buffer_size?,
+        tcp_keepalive: tcp_keepalive?,
+        tcp_user_timeout: tcp_user_timeout?,
     })
 }
 
-/// A checked conversion: the value, or its problem reported at `item`.
-fn checked<T>(r: &mut Reader<'_>, item: &Item<'_, '_>, result: Result<T, String>) -> Option<T> {
-    result.map_err(|problem| r.report(item, problem)).ok()
+/// `{ idle = "60s", interval = "10s", count = 3 }`: whole seconds, 1 to 32767 (what
+/// `TCP_KEEPIDLE` and `TCP_KEEPINTVL` take), and 1 to 127 probes.
+fn tcp_keepalive(r: &mut Reader<'_>, item: Item<'_, '_>) -> Option<TcpKeepalive> {
+    let t = item.table(r, &TCP_KEEPALIVE)?;
+    let mut seconds = |key: &str, default: Duration| {
+        t.optional(key, default, |item| {
+            let d = item.duration(r)?;
+            if d.subsec_nanos() != 0 || d.is_zero() {
+                r.report(
+                    &item,
+                    format_args!(
+                        "must be a whole number of seconds, at least 1s (the kernel counts \
+                         seconds), such as \"{}s\"",
+                        d.as_secs().max(1)
+                    ),
+                );
+                return None;
+            }
+            if d.as_secs() > defaults::TCP_KEEPALIVE_SECONDS_MAX {
+                r.report(
+                    &item,
+                    format_args!("must be at most {}s", defaults::TCP_KEEPALIVE_SECONDS_MAX),
+                );
+                return None;
+            }
+            Some(d)
+        })
+    };
+    let idle = seconds("idle", defaults::TCP_KEEPALIVE_IDLE);
+    let interval = seconds("interval", defaults::TCP_KEEPALIVE_INTERVAL);
+    let count = t.optional("count", defaults::TCP_KEEPALIVE_COUNT, |item| {
+        item.int(r, defaults::TCP_KEEPALIVE_COUNT_RANGE)
+    });
+    Some(TcpKeepalive {
+        idle: idle?,
+        interval: interval?,
+        count: count?,
+    })
 }
 
 /// All values when every one is `Some`. Unlike `collect::<Option<Vec<_>>>()` it does not stop

@@ -20,14 +20,18 @@
 
 #![forbid(unsafe_code)]
 
+mod admin;
 mod balancing;
 pub mod defaults;
 mod error;
 mod file;
+mod health;
 mod matchers;
 pub mod model;
 mod read;
 mod summary;
+#[cfg(test)]
+mod test_support;
 
 use std::path::Path;
 

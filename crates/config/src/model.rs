@@ -24,6 +24,18 @@ pub struct Config {
     pub limits: Limits,
     /// How tunnels move bytes after the upgrade.
     pub relay: Relay,
+    /// The admin listener (`/metrics`, `/healthz`, `/readyz`, `/status.json`, the status page);
+    /// `None` without an `[admin]` table.
+    pub admin: Option<Admin>,
+}
+
+/// The admin listener.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Admin {
+    /// Where it listens: loopback by default; never a public address unless written so.
+    pub listen: SocketAddr,
+    /// When set, `/metrics` and `/status.json` require `Authorization: Bearer <token>`.
+    pub token: Option<Secret>,
 }
 
 impl Config {
@@ -119,6 +131,128 @@ pub struct Pool {
     /// Once `drain_timeout` passed, the tunnels left are closed oldest first, evenly over this
     /// window (zero: all at once).
     pub drain_spread: Duration,
+    /// Active health checks of every backend of the pool. `None` (the default): none; every
+    /// backend counts as up unless passive checks eject it.
+    pub health_check: Option<HealthCheck>,
+    /// Passive checks: consecutive failed connections eject a backend for a cool-down.
+    /// `None` (the default): off.
+    pub outlier: Option<Outlier>,
+    /// A backend back from down or ejection (or added by a reload) takes a share of new
+    /// connections that ramps up from a tenth to its full share over this window. `None` (the
+    /// default, `"0"` in the file): its full share at once.
+    pub slow_start: Option<Duration>,
+    /// Plain HTTP requests: most idle keep-alive connections kept open per backend for reuse
+    /// (0: a connection per request).
+    pub idle_connections: usize,
+    /// Plain HTTP requests: an idle backend connection unused for this long is closed.
+    pub idle_timeout: Duration,
+}
+
+/// How a pool actively checks its backends, each on its own schedule.
+#[derive(Debug, Clone, PartialEq)]
+pub struct HealthCheck {
+    /// What one check does.
+    pub kind: CheckKind,
+    /// Between the starts of two checks of one backend (before jitter).
+    pub interval: Duration,
+    /// The most one check may take, connect included; longer is a failure. At most `interval`.
+    pub timeout: Duration,
+    /// Consecutive passed checks that bring a down backend up (>= 1).
+    pub rise: u32,
+    /// Consecutive failed checks that take an up backend down (>= 1).
+    pub fall: u32,
+    /// Random spread of each interval, so that many sluice instances (and the backends of one
+    /// pool) do not check in step.
+    pub jitter: Jitter,
+}
+
+/// What one active health check does.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CheckKind {
+    /// A TCP connect, then a close.
+    Tcp,
+    /// An HTTP/1.1 `GET path` whose answer's status must lie in `expect_status`.
+    Http {
+        path: String,
+        /// The `Host` header; `None`: the backend's address.
+        host: Option<String>,
+        expect_status: StatusRange,
+    },
+    /// A WebSocket opening handshake with a fresh random key: the answer must be a `101` with
+    /// the right `Sec-WebSocket-Accept`; then, with `ping`, a ping answered by its pong; then a
+    /// clean close.
+    WebSocket {
+        path: String,
+        /// The `Host` header; `None`: the backend's address.
+        host: Option<String>,
+        ping: bool,
+    },
+}
+
+impl CheckKind {
+    /// The name used in the configuration file: `"tcp"`, `"http"`, `"websocket"`.
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            CheckKind::Tcp => "tcp",
+            CheckKind::Http { .. } => "http",
+            CheckKind::WebSocket { .. } => "websocket",
+        }
+    }
+}
+
+/// An inclusive range of HTTP status codes (`"200-399"`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct StatusRange {
+    pub first: u16,
+    pub last: u16,
+}
+
+impl StatusRange {
+    /// Whether `status` lies in the range.
+    pub fn contains(&self, status: u16) -> bool {
+        (self.first..=self.last).contains(&status)
+    }
+}
+
+impl std::fmt::Display for StatusRange {
+    /// As written in the file: `200-399`, or `204` for a single status.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        if self.first == self.last {
+            write!(f, "{}", self.first)
+        } else {
+            write!(f, "{}-{}", self.first, self.last)
+        }
+    }
+}
+
+/// How much each health-check interval is spread at random: the next check comes after
+/// `interval ± spread`, drawn uniformly.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Jitter {
+    /// A fraction of the interval (`0.1`: ±10 %), 0 to 0.5.
+    Fraction(f64),
+    /// A fixed duration (`"500ms"`), at most half the interval.
+    Fixed(Duration),
+}
+
+impl Jitter {
+    /// The spread for this interval: the next check comes within `interval ± spread`.
+    pub fn spread(&self, interval: Duration) -> Duration {
+        match *self {
+            Jitter::Fraction(f) => interval.mul_f64(f.clamp(0.0, 1.0)),
+            Jitter::Fixed(d) => d.min(interval),
+        }
+    }
+}
+
+/// Passive checks (outlier detection): what ejects a backend, and for how long.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Outlier {
+    /// This many failed connections in a row (refused or timed-out connects, response heads
+    /// that did not come in time), with no answered one between, eject the backend (>= 1).
+    pub consecutive_failures: u32,
+    /// How long an ejected backend takes no new connection.
+    pub cool_down: Duration,
 }
 
 /// The selection algorithm of a pool.
@@ -269,6 +403,15 @@ pub struct Timeouts {
     pub response: Duration,
     /// A tunnel with no byte in either direction for this long is closed. `None` ("0"): never.
     pub tunnel_idle: Option<Duration>,
+    /// Once one side of a tunnel ended its half (sent FIN), the tunnel is closed this long later
+    /// if the other side has not ended its half too. `None` ("0", the default): never.
+    pub half_closed: Option<Duration>,
+    /// Plain HTTP keep-alive: how long a client connection may wait, between two requests, for
+    /// the first byte of the next one before sluice closes it.
+    pub client_idle: Duration,
+    /// Plain HTTP: a request or response body that moves no byte for this long (either side
+    /// neither sending nor reading) ends the exchange (408 when the client stalled first).
+    pub body_stall: Duration,
     /// On SIGTERM/SIGINT, how long live tunnels may take to finish before they are closed.
     pub shutdown: Duration,
     /// The last part of `shutdown` over which the tunnels still open are closed, oldest first,
@@ -285,6 +428,8 @@ pub struct Limits {
     pub max_head_bytes: usize,
     /// Most header fields in a request head. 431 past it.
     pub max_headers: usize,
+    /// Largest plain HTTP request body, in bytes. 413 past it. `None`: no limit.
+    pub max_body_bytes: Option<u64>,
     /// Most client connections held at once, all listeners together. `None`: derived at start-up
     /// from the open-file limit (each proxied connection costs two sockets and, while data moves,
     /// up to four pipe ends).
@@ -301,6 +446,22 @@ pub struct Relay {
     pub max_pipes: usize,
     /// Buffer per direction of a copying tunnel, taken only while data moves.
     pub buffer_size: usize,
+    /// TCP keepalive on both sockets of every tunnel (client and backend). `None` (the
+    /// default): the system's setting (normally off).
+    pub tcp_keepalive: Option<TcpKeepalive>,
+    /// `TCP_USER_TIMEOUT` on both sockets of every tunnel: data (or keepalive probes) left
+    /// unacknowledged this long closes the connection. `None` (the default): the system's.
+    pub tcp_user_timeout: Option<Duration>,
+}
+
+/// TCP keepalive: after `idle` without traffic, a probe every `interval`; `count` unanswered
+/// probes in a row close the connection, so a peer that vanished is noticed within about
+/// `idle + interval × count`. Whole seconds (the kernel counts seconds).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TcpKeepalive {
+    pub idle: Duration,
+    pub interval: Duration,
+    pub count: u32,
 }
 
 /// Whether tunnels splice.

@@ -426,6 +426,15 @@ impl<'a, 'i> Table<'a, 'i> {
 }
 
 /// Parses `IP:port`, explaining what is wrong otherwise.
+/// A checked conversion: the value, or its problem reported at `item`.
+pub(crate) fn checked<T>(
+    r: &mut Reader<'_>,
+    item: &Item<'_, '_>,
+    result: Result<T, String>,
+) -> Option<T> {
+    result.map_err(|problem| r.report(item, problem)).ok()
+}
+
 pub(crate) fn socket_addr(text: &str) -> Result<SocketAddr, String> {
     const EXPECTED: &str = "expected IP:port, such as \"127.0.0.1:8080\" or \"[::1]:8080\"";
     if let Ok(addr) = text.parse::<SocketAddr>() {

@@ -3,7 +3,7 @@
 use std::fmt::Write;
 use std::time::Duration;
 
-use crate::model::{Config, HostMatch, ListenerMode, PathMatch, RelayMode};
+use crate::model::{Config, HostMatch, ListenerMode, PathMatch, RelayMode, Timeouts};
 
 impl Config {
     /// Several lines: listeners with their addresses, routes in match order, pools with their
@@ -107,6 +107,27 @@ impl Config {
             if let Some(cookie) = &p.sticky_cookie {
                 write!(out, "  sticky_cookie {}", cookie.name)?;
             }
+            if let Some(check) = &p.health_check {
+                write!(
+                    out,
+                    "  health_check {} every {} (rise {}, fall {})",
+                    check.kind.as_str(),
+                    human(check.interval),
+                    check.rise,
+                    check.fall
+                )?;
+            }
+            if let Some(outlier) = &p.outlier {
+                write!(
+                    out,
+                    "  outlier {} failures, cool_down {}",
+                    outlier.consecutive_failures,
+                    human(outlier.cool_down)
+                )?;
+            }
+            if let Some(window) = p.slow_start {
+                write!(out, "  slow_start {}", human(window))?;
+            }
             writeln!(out)?;
         }
 
@@ -121,6 +142,22 @@ impl Config {
             human(t.shutdown),
             human(t.shutdown_spread),
         )?;
+        if let Some(half_closed) = t.half_closed {
+            // Continues the timeouts line.
+            out.truncate(out.trim_end().len());
+            writeln!(out, ", half_closed {}", human(half_closed))?;
+        }
+        // The plain-HTTP timeouts continue it too when they are not the defaults.
+        let defaults = Timeouts::default();
+        if (t.client_idle, t.body_stall) != (defaults.client_idle, defaults.body_stall) {
+            out.truncate(out.trim_end().len());
+            writeln!(
+                out,
+                ", client_idle {}, body_stall {}",
+                human(t.client_idle),
+                human(t.body_stall)
+            )?;
+        }
         let l = &self.limits;
         writeln!(
             out,
@@ -130,17 +167,35 @@ impl Config {
             l.max_connections
                 .map_or_else(|| "from the open-file limit".to_owned(), |n| n.to_string()),
         )?;
+        if let Some(max_body_bytes) = l.max_body_bytes {
+            // Continues the limits line.
+            out.truncate(out.trim_end().len());
+            writeln!(out, ", max_body_bytes {max_body_bytes}")?;
+        }
         let r = &self.relay;
         let mode = match r.mode {
             RelayMode::Auto => "auto",
             RelayMode::Splice => "splice",
             RelayMode::Copy => "copy",
         };
-        writeln!(
+        write!(
             out,
             "relay     {mode}, pipe_size {}, max_pipes {}, buffer_size {}",
             r.pipe_size, r.max_pipes, r.buffer_size
-        )
+        )?;
+        if let Some(k) = r.tcp_keepalive {
+            write!(
+                out,
+                ", tcp_keepalive {}/{}/{}",
+                human(k.idle),
+                human(k.interval),
+                k.count
+            )?;
+        }
+        if let Some(d) = r.tcp_user_timeout {
+            write!(out, ", tcp_user_timeout {}", human(d))?;
+        }
+        writeln!(out)
     }
 }
 

@@ -87,10 +87,16 @@ fn a_minimal_file_parses_with_defaults() {
                 connect_attempts: 3,
                 drain_timeout: None,
                 drain_spread: Duration::from_secs(10),
+                health_check: None,
+                outlier: None,
+                slow_start: None,
+                idle_connections: 16,
+                idle_timeout: Duration::from_secs(4),
             }],
             timeouts: Timeouts::default(),
             limits: Limits::default(),
             relay: Relay::default(),
+            admin: None,
         }
     );
 }
@@ -284,6 +290,9 @@ buffer_size = 1024
             connect: Duration::from_millis(1500),
             response: Duration::from_secs(120),
             tunnel_idle: None,
+            half_closed: None,
+            client_idle: Duration::from_secs(60),
+            body_stall: Duration::from_secs(30),
             shutdown: Duration::from_secs(3600),
             shutdown_spread: Duration::from_secs(5),
         }
@@ -293,6 +302,7 @@ buffer_size = 1024
         Limits {
             max_head_bytes: 1 << 20,
             max_headers: 1,
+            max_body_bytes: None,
             max_connections: Some(16),
         }
     );
@@ -303,6 +313,8 @@ buffer_size = 1024
             pipe_size: 4096,
             max_pipes: 0,
             buffer_size: 1024,
+            tcp_keepalive: None,
+            tcp_user_timeout: None,
         }
     );
 }
@@ -451,8 +463,8 @@ fn listeners_and_pools_are_required() {
 #[test]
 fn unknown_keys_are_reported_everywhere() {
     assert_eq!(
-        error(&base("[admin]\nlisten = \"127.0.0.1:9090\"\n")),
-        "t.toml:12:2: admin: not supported yet (the admin listener for /metrics and /healthz comes in a later release)"
+        error(&base("[admin]\nlisen = \"127.0.0.1:9090\"\n")),
+        "t.toml:13:1: admin.lisen: unknown key; did you mean \"listen\"?"
     );
     assert_eq!(
         error(&base("[timeout]\nconnect = \"1s\"\n")),
@@ -460,7 +472,7 @@ fn unknown_keys_are_reported_everywhere() {
     );
     assert_eq!(
         error(&base("[relay]\nfoo = 1\n")),
-        "t.toml:13:1: relay.foo: unknown key; expected one of \"mode\", \"pipe_size\", \"max_pipes\", \"buffer_size\""
+        "t.toml:13:1: relay.foo: unknown key; expected one of \"mode\", \"pipe_size\", \"max_pipes\", \"buffer_size\", \"tcp_keepalive\", \"tcp_user_timeout\""
     );
     assert_eq!(
         error(&base("[limits]\nmax_header_bytes = 1\n")),
@@ -468,7 +480,7 @@ fn unknown_keys_are_reported_everywhere() {
     );
     assert_eq!(
         error(&base("[timeouts]\nidle = \"1s\"\n")),
-        "t.toml:13:1: timeouts.idle: unknown key; expected one of \"handshake\", \"connect\", \"response\", \"tunnel_idle\", \"shutdown\", \"shutdown_spread\""
+        "t.toml:13:1: timeouts.idle: unknown key; expected one of \"handshake\", \"connect\", \"response\", \"tunnel_idle\", \"half_closed\", \"client_idle\", \"body_stall\", \"shutdown\", \"shutdown_spread\""
     );
     assert_eq!(
         error(&BASE.replace(
@@ -1186,6 +1198,113 @@ fn drain_settings_default_to_keep_forever_and_parse() {
     let e = error(&BASE.replace("[pools.main]\n", "[pools.main]\ndrain_timeout = 5\n"));
     assert!(
         e.contains("pools.main.drain_timeout: expected a duration"),
+        "{e}"
+    );
+}
+
+#[test]
+fn tunnel_keepalive_user_timeout_and_half_closed() {
+    let config = ok(&base(
+        "[timeouts]\nhalf_closed = \"2m\"\n\n[relay]\ntcp_keepalive = { idle = \"30s\", count = 4 }\ntcp_user_timeout = \"45s\"\n",
+    ));
+    assert_eq!(config.timeouts.half_closed, Some(Duration::from_secs(120)));
+    assert_eq!(
+        config.relay.tcp_keepalive,
+        Some(TcpKeepalive {
+            idle: Duration::from_secs(30),
+            interval: Duration::from_secs(10),
+            count: 4,
+        })
+    );
+    assert_eq!(config.relay.tcp_user_timeout, Some(Duration::from_secs(45)));
+    // Zero turns each off.
+    let config = ok(&base(
+        "[timeouts]\nhalf_closed = \"0\"\n\n[relay]\ntcp_user_timeout = \"0s\"\n",
+    ));
+    assert_eq!(config.timeouts.half_closed, None);
+    assert_eq!(config.relay.tcp_user_timeout, None);
+    assert_eq!(
+        ok(&base("[relay]\ntcp_keepalive = {}\n"))
+            .relay
+            .tcp_keepalive,
+        Some(TcpKeepalive {
+            idle: Duration::from_secs(60),
+            interval: Duration::from_secs(10),
+            count: 3,
+        })
+    );
+
+    assert_eq!(
+        errors(&base(
+            "[relay]\ntcp_keepalive = { idle = \"1500ms\", interval = \"40000s\", count = 200, probes = 1 }\ntcp_user_timeout = \"50d\"\n"
+        )),
+        [
+            "t.toml:13:26: relay.tcp_keepalive.idle: must be a whole number of seconds, at least 1s (the kernel counts seconds), such as \"1s\"",
+            "t.toml:13:47: relay.tcp_keepalive.interval: must be at most 32767s",
+            "t.toml:13:65: relay.tcp_keepalive.count: 200 is out of range; expected 1 to 127",
+            "t.toml:13:70: relay.tcp_keepalive.probes: unknown key; expected one of \"idle\", \"interval\", \"count\"",
+            "t.toml:14:20: relay.tcp_user_timeout: must be at most 49d (the kernel counts milliseconds in 32 bits)",
+        ]
+    );
+}
+
+#[test]
+fn plain_http_settings_default_and_parse() {
+    let config = ok(BASE);
+    let p = &config.pools[0];
+    assert_eq!(
+        (p.idle_connections, p.idle_timeout),
+        (16, Duration::from_secs(4))
+    );
+    assert_eq!(config.timeouts.client_idle, Duration::from_secs(60));
+    assert_eq!(config.timeouts.body_stall, Duration::from_secs(30));
+    assert_eq!(config.limits.max_body_bytes, None);
+
+    let config = ok(&format!(
+        "{}\n[timeouts]\nclient_idle = \"75s\"\nbody_stall = \"250ms\"\n\n[limits]\nmax_body_bytes = 1048576\n",
+        BASE.replace(
+            "[pools.main]\n",
+            "[pools.main]\nidle_connections = 0\nidle_timeout = \"90s\"\n"
+        )
+    ));
+    let p = &config.pools[0];
+    assert_eq!(
+        (p.idle_connections, p.idle_timeout),
+        (0, Duration::from_secs(90))
+    );
+    assert_eq!(config.timeouts.client_idle, Duration::from_secs(75));
+    assert_eq!(config.timeouts.body_stall, Duration::from_millis(250));
+    assert_eq!(config.limits.max_body_bytes, Some(1 << 20));
+    let summary = config.summary();
+    assert!(
+        summary.contains(", client_idle 1m 15s, body_stall 250ms\n"),
+        "{summary}"
+    );
+    assert!(summary.contains(", max_body_bytes 1048576\n"), "{summary}");
+
+    let e = errors(&BASE.replace(
+        "[pools.main]\n",
+        "[pools.main]\nidle_connections = 2000\nidle_timeout = \"0s\"\n",
+    ))
+    .join("\n");
+    assert!(
+        e.contains("pools.main.idle_connections: 2000 is out of range; expected 0 to 1024"),
+        "{e}"
+    );
+    assert!(
+        e.contains("pools.main.idle_timeout: must be greater than zero"),
+        "{e}"
+    );
+    let e = errors(&format!(
+        "{BASE}\n[timeouts]\nclient_idle = \"0s\"\n\n[limits]\nmax_body_bytes = -1\n"
+    ))
+    .join("\n");
+    assert!(
+        e.contains("timeouts.client_idle: must be greater than zero"),
+        "{e}"
+    );
+    assert!(
+        e.contains("limits.max_body_bytes: -1 is out of range; expected at least 0"),
         "{e}"
     );
 }

@@ -47,6 +47,15 @@ pub enum HandshakeError {
     /// The request head has more header fields than the limit.
     #[error("request head has more than {limit} header fields")]
     TooManyHeaders { limit: usize },
+    /// The client sent no byte of its request body for the body stall timeout.
+    #[error("request body stalled")]
+    BodyTimeout,
+    /// The request body is longer than `limits.max_body_bytes`.
+    #[error("request body longer than {limit} bytes")]
+    BodyTooLarge { limit: u64 },
+    /// The client took no byte of the response for the body stall timeout.
+    #[error("client stopped reading the response")]
+    ClientStalled,
 
     // ----- client: parsing and validating the head -----
     /// The head is not strictly valid HTTP/1.1 (or is ambiguous, e.g. a smuggling shape).
@@ -68,9 +77,14 @@ pub enum HandshakeError {
     /// `Upgrade: websocket` without the matching `Connection: upgrade` (RFC 9110 §7.8).
     #[error("WebSocket upgrade without {missing}")]
     MissingUpgradeHeaders { missing: &'static str },
-    /// A request that is not a WebSocket upgrade: plain HTTP is not proxied (yet).
+    /// A request that is not a WebSocket upgrade where only upgrades are served. The proxy
+    /// serves plain requests at L7 and never returns it; kept for callers that serve upgrades
+    /// only.
     #[error("not a WebSocket upgrade request")]
     NotUpgrade,
+    /// A request `Transfer-Encoding` other than `chunked` alone (`gzip, chunked`, parameters).
+    #[error("unsupported transfer coding")]
+    UnsupportedTransferCoding,
     /// `Sec-WebSocket-Key` missing, repeated, or not the base64 of 16 bytes (RFC 6455 §4.2.1 item 5).
     #[error("bad Sec-WebSocket-Key: {reason}")]
     BadWebSocketKey { reason: &'static str },
@@ -120,6 +134,13 @@ pub enum HandshakeError {
         #[source]
         source: io::Error,
     },
+    /// The backend closed in the middle of a response body.
+    #[error("backend{} closed in the middle of the response body", at(backend))]
+    BackendTruncated { backend: Option<SocketAddr> },
+    /// The backend took no byte of the request body, or sent no byte of the response body, for
+    /// the body stall timeout.
+    #[error("backend{} stalled in the middle of a body", at(backend))]
+    BackendBodyTimeout { backend: Option<SocketAddr> },
 
     // ----- internal -----
     /// The configuration generation this connection started with no longer has its listener
@@ -137,27 +158,31 @@ impl HandshakeError {
     ///
     /// | variant | status | why |
     /// | --- | --- | --- |
-    /// | `ClientClosed`, `ClientIo` | none | nobody left to read an answer |
-    /// | `HeadTimeout` | 408 | RFC 9110 §15.5.9 |
+    /// | `ClientClosed`, `ClientIo`, `ClientStalled` | none | nobody left to read an answer |
+    /// | `HeadTimeout`, `BodyTimeout` | 408 | RFC 9110 §15.5.9 |
+    /// | `BodyTooLarge` | 413 | RFC 9110 §15.5.14 |
+    /// | `UnsupportedTransferCoding` | 501 | RFC 9112 §6.1 |
     /// | `HeadTooLarge`, `TooManyHeaders` | 431 | RFC 6585 §5 |
     /// | `Malformed` | 400 | RFC 9112 §3 / §5 / §6.3: a server must reject, never guess |
     /// | `HttpVersionNotSupported` | 505 | RFC 9110 §15.6.6 (`HTTP/2.0`, `HTTP/1.2` on the request line) |
     /// | `UnsupportedVersion` | 400 | an HTTP/1.0 upgrade: RFC 6455 §4.2.1 says 400; 426 would invite a retry HTTP/1.0 cannot make |
     /// | `MethodNotAllowed` | 405 + `Allow: GET` | what gorilla/websocket and ws answer; RFC 9110 §15.5.6 requires `Allow` |
     /// | `UpgradeWithBody`, `MissingUpgradeHeaders`, `BadWebSocketKey` | 400 | RFC 6455 §4.2.1 |
-    /// | `NotUpgrade` | 426 + `Upgrade: websocket` | RFC 9110 §15.5.22: only WebSocket is proxied |
+    /// | `NotUpgrade` | 426 + `Upgrade: websocket` | RFC 9110 §15.5.22: where only WebSocket is served |
     /// | `UnsupportedWebSocketVersion` | 426 + `Sec-WebSocket-Version: 13` | RFC 6455 §4.2.2 item 4 |
     /// | `NoRoute` | 404 | |
     /// | `MisdirectedHost` | 421 | RFC 9110 §15.5.20, when the listener is configured so |
     /// | `NoBackend`, `ListenerGone` | 503 + `Retry-After` | temporary |
-    /// | `BackendRefused`, `BadBackendResponse`, `BackendClosed`, `BackendIo` | 502 | RFC 9110 §15.6.3 |
-    /// | `BackendConnectTimeout`, `BackendResponseTimeout` | 504 | RFC 9110 §15.6.5 |
+    /// | `BackendRefused`, `BadBackendResponse`, `BackendClosed`, `BackendIo`, `BackendTruncated` | 502 | RFC 9110 §15.6.3 |
+    /// | `BackendConnectTimeout`, `BackendResponseTimeout`, `BackendBodyTimeout` | 504 | RFC 9110 §15.6.5 |
     /// | `UnknownPool` | 500 | a bug |
     pub fn status(&self) -> Option<u16> {
         use HandshakeError::*;
         Some(match self {
-            ClientClosed | ClientIo { .. } => return None,
-            HeadTimeout { .. } => 408,
+            ClientClosed | ClientIo { .. } | ClientStalled => return None,
+            HeadTimeout { .. } | BodyTimeout => 408,
+            BodyTooLarge { .. } => 413,
+            UnsupportedTransferCoding => 501,
             HeadTooLarge { .. } | TooManyHeaders { .. } => 431,
             Malformed { .. } => 400,
             HttpVersionNotSupported => 505,
@@ -171,8 +196,11 @@ impl HandshakeError {
             BackendRefused { .. }
             | BadBackendResponse { .. }
             | BackendClosed { .. }
-            | BackendIo { .. } => 502,
-            BackendConnectTimeout { .. } | BackendResponseTimeout { .. } => 504,
+            | BackendIo { .. }
+            | BackendTruncated { .. } => 502,
+            BackendConnectTimeout { .. }
+            | BackendResponseTimeout { .. }
+            | BackendBodyTimeout { .. } => 504,
             UnknownPool { .. } => 500,
         })
     }
@@ -186,6 +214,9 @@ impl HandshakeError {
             HeadTimeout { .. } => "head_timeout",
             HeadTooLarge { .. } => "head_too_large",
             TooManyHeaders { .. } => "too_many_headers",
+            BodyTimeout => "body_timeout",
+            BodyTooLarge { .. } => "body_too_large",
+            ClientStalled => "client_stalled",
             Malformed { .. } => "malformed",
             HttpVersionNotSupported => "http_version_not_supported",
             UnsupportedVersion { .. } => "unsupported_version",
@@ -193,6 +224,7 @@ impl HandshakeError {
             UpgradeWithBody { .. } => "upgrade_with_body",
             MissingUpgradeHeaders { .. } => "missing_upgrade_headers",
             NotUpgrade => "not_upgrade",
+            UnsupportedTransferCoding => "unsupported_transfer_coding",
             BadWebSocketKey { .. } => "bad_websocket_key",
             UnsupportedWebSocketVersion => "unsupported_websocket_version",
             NoRoute => "no_route",
@@ -204,6 +236,8 @@ impl HandshakeError {
             BadBackendResponse { .. } => "bad_backend_response",
             BackendClosed { .. } => "backend_closed",
             BackendIo { .. } => "backend_io",
+            BackendTruncated { .. } => "backend_truncated",
+            BackendBodyTimeout { .. } => "backend_body_timeout",
             ListenerGone => "listener_gone",
             UnknownPool { .. } => "unknown_pool",
         }
@@ -218,6 +252,10 @@ impl HandshakeError {
             | HeadTimeout { .. }
             | HeadTooLarge { .. }
             | TooManyHeaders { .. }
+            | BodyTimeout
+            | BodyTooLarge { .. }
+            | ClientStalled
+            | UnsupportedTransferCoding
             | Malformed { .. }
             | HttpVersionNotSupported
             | UnsupportedVersion { .. }
@@ -235,7 +273,9 @@ impl HandshakeError {
             | BackendResponseTimeout { .. }
             | BadBackendResponse { .. }
             | BackendClosed { .. }
-            | BackendIo { .. } => Side::Backend,
+            | BackendIo { .. }
+            | BackendTruncated { .. }
+            | BackendBodyTimeout { .. } => Side::Backend,
             ListenerGone | UnknownPool { .. } => Side::Internal,
         }
     }
@@ -249,7 +289,9 @@ impl HandshakeError {
             BackendResponseTimeout { backend }
             | BadBackendResponse { backend, .. }
             | BackendClosed { backend }
-            | BackendIo { backend, .. } => *backend = Some(addr),
+            | BackendIo { backend, .. }
+            | BackendTruncated { backend }
+            | BackendBodyTimeout { backend } => *backend = Some(addr),
             _ => {}
         }
         self
@@ -263,6 +305,9 @@ impl HandshakeError {
             HeadTimeout { .. } => "request head not received in time",
             HeadTooLarge { .. } => "request head too large",
             TooManyHeaders { .. } => "too many header fields",
+            BodyTimeout => "request body not received in time",
+            BodyTooLarge { .. } => "request body too large",
+            ClientStalled => "response not read in time",
             Malformed { reason } => reason,
             HttpVersionNotSupported => "only HTTP/1.1 is supported",
             UnsupportedVersion { .. } => "WebSocket requires HTTP/1.1",
@@ -270,6 +315,7 @@ impl HandshakeError {
             UpgradeWithBody { .. } => "WebSocket handshake must not have a body",
             MissingUpgradeHeaders { .. } => "WebSocket handshake requires Connection: upgrade",
             NotUpgrade => "only WebSocket upgrades are served here",
+            UnsupportedTransferCoding => "only the chunked transfer coding is supported",
             BadWebSocketKey { reason } => reason,
             UnsupportedWebSocketVersion => "WebSocket version 13 is required",
             NoRoute => "no route for this request",
@@ -281,6 +327,8 @@ impl HandshakeError {
             BadBackendResponse { .. } => "invalid backend response",
             BackendClosed { .. } => "backend closed the connection",
             BackendIo { .. } => "backend connection failed",
+            BackendTruncated { .. } => "backend response truncated",
+            BackendBodyTimeout { .. } => "backend body timed out",
             ListenerGone => "configuration reloaded, retry",
             UnknownPool { .. } => "internal error",
         }
@@ -325,10 +373,12 @@ fn reason_phrase(status: u16) -> &'static str {
         404 => "Not Found",
         405 => "Method Not Allowed",
         408 => "Request Timeout",
+        413 => "Content Too Large",
         421 => "Misdirected Request",
         426 => "Upgrade Required",
         431 => "Request Header Fields Too Large",
         500 => "Internal Server Error",
+        501 => "Not Implemented",
         502 => "Bad Gateway",
         503 => "Service Unavailable",
         504 => "Gateway Timeout",
@@ -383,6 +433,30 @@ mod tests {
             (
                 HeadTimeout { received: 3 },
                 Some("HTTP/1.1 408 Request Timeout"),
+                NONE,
+            ),
+            (BodyTimeout, Some("HTTP/1.1 408 Request Timeout"), NONE),
+            (
+                BodyTooLarge { limit: 1 << 20 },
+                Some("HTTP/1.1 413 Content Too Large"),
+                NONE,
+            ),
+            (ClientStalled, None, NONE),
+            (
+                UnsupportedTransferCoding,
+                Some("HTTP/1.1 501 Not Implemented"),
+                NONE,
+            ),
+            (
+                BackendTruncated { backend: None },
+                Some("HTTP/1.1 502 Bad Gateway"),
+                NONE,
+            ),
+            (
+                BackendBodyTimeout {
+                    backend: Some(addr()),
+                },
+                Some("HTTP/1.1 504 Gateway Timeout"),
                 NONE,
             ),
             (
@@ -521,6 +595,8 @@ mod tests {
                 true
             }
             BackendIo { .. } | ListenerGone | UnknownPool { .. } => true,
+            BodyTimeout | BodyTooLarge { .. } | ClientStalled | UnsupportedTransferCoding => true,
+            BackendTruncated { .. } | BackendBodyTimeout { .. } => true,
         }
     }
 
@@ -531,9 +607,9 @@ mod tests {
         let mut labels: Vec<_> = all.iter().map(|(e, _, _)| e.label()).collect();
         labels.sort_unstable();
         labels.dedup();
-        // 25 variants, 25 distinct labels.
-        assert_eq!(labels.len(), 25);
-        assert_eq!(all.len(), 25);
+        // 31 variants, 31 distinct labels.
+        assert_eq!(labels.len(), 31);
+        assert_eq!(all.len(), 31);
     }
 
     #[test]

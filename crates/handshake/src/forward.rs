@@ -31,8 +31,25 @@ pub struct ClientInfo {
 
 /// Appends the head to send the backend to `out` (reuse the buffer across requests). Bytes the
 /// client sent after its head are not part of `req`: send them after this, unchanged.
+///
+/// This is the head of a WebSocket upgrade: `Connection: Upgrade` and `Upgrade` must reach the
+/// backend, so no hop-by-hop field is removed. A plain request's head is rewritten by
+/// [`crate::write_plain_request`] instead.
 pub fn write_forwarded_request(req: &Request, client: &ClientInfo, out: &mut Vec<u8>) {
-    out.reserve(req.head_bytes().len() + 96);
+    write_head(req, client, |_| false, b"", out);
+}
+
+/// The rewrite of [`write_forwarded_request`], dropping the fields for which `skip(name)` is
+/// true (never asked about the `X-Forwarded-*` fields, which follow their own rules) and adding
+/// `extra` (whole lines) after the client's fields.
+pub(crate) fn write_head(
+    req: &Request,
+    client: &ClientInfo,
+    skip: impl Fn(&str) -> bool,
+    extra: &[u8],
+    out: &mut Vec<u8>,
+) {
+    out.reserve(req.head_bytes().len() + 96 + extra.len());
     out.extend_from_slice(req.request_line_bytes());
     let addr = client.addr.to_canonical();
     let last_xff = req
@@ -48,7 +65,9 @@ pub fn write_forwarded_request(req: &Request, client: &ClientInfo, out: &mut Vec
         let is_proto = name.eq_ignore_ascii_case(PROTO);
         let is_host = name.eq_ignore_ascii_case(HOST);
         if !(is_for || is_proto || is_host) {
-            out.extend_from_slice(line);
+            if !skip(name) {
+                out.extend_from_slice(line);
+            }
             continue;
         }
         if !client.trusted {
@@ -69,6 +88,7 @@ pub fn write_forwarded_request(req: &Request, client: &ClientInfo, out: &mut Vec
             out.extend_from_slice(line);
         }
     }
+    out.extend_from_slice(extra);
     if !client.trusted || last_xff.is_none() {
         let _ = write!(out, "X-Forwarded-For: {addr}\r\n");
     }

@@ -5,7 +5,7 @@
 //! The head is read by [`crate::read_response_head`]; this module keeps only owned, copied facts
 //! (no borrow of the buffer), so the caller may relay the buffer as it is.
 
-use crate::fields::{has_token, parse_content_length};
+use crate::fields::{has_token, list_elements, parse_content_length};
 
 /// Most header fields accepted in a backend's response head.
 pub const MAX_RESPONSE_HEADERS: usize = 64;
@@ -21,6 +21,12 @@ pub struct ResponseHead {
     head_len: usize,
     content_length: Option<u64>,
     transfer_encoding: bool,
+    /// `Transfer-Encoding`'s final coding is `chunked`, and `chunked` appears once.
+    chunked: bool,
+    /// `Connection` lists `close`.
+    connection_close: bool,
+    /// `Connection` lists `keep-alive`.
+    connection_keep_alive: bool,
     upgrade_websocket: bool,
     connection_upgrade: bool,
     accept: AcceptField,
@@ -63,6 +69,18 @@ impl ResponseHead {
         self.transfer_encoding
     }
 
+    /// Whether the body is chunked: `Transfer-Encoding`'s final coding is `chunked` (and it is
+    /// listed once). With `Transfer-Encoding` but not chunked, the body ends at the close.
+    pub fn is_chunked(&self) -> bool {
+        self.chunked
+    }
+
+    /// Whether the backend keeps its connection open after this response (RFC 9112 §9.3):
+    /// HTTP/1.1 unless `Connection: close`; HTTP/1.0 only with `Connection: keep-alive`.
+    pub fn keeps_alive(&self) -> bool {
+        !self.connection_close && (self.version == 1 || self.connection_keep_alive)
+    }
+
     /// An interim response (1xx other than 101): relay it and read the final one.
     pub fn is_interim(&self) -> bool {
         (100..200).contains(&self.status) && self.status != 101
@@ -102,11 +120,15 @@ pub(crate) fn parse_response_head(head: &[u8]) -> Result<ResponseHead, &'static 
         head_len: head.len(),
         content_length: None,
         transfer_encoding: false,
+        chunked: false,
+        connection_close: false,
+        connection_keep_alive: false,
         upgrade_websocket: false,
         connection_upgrade: false,
         accept: AcceptField::Missing,
     };
     let mut content_lengths = 0usize;
+    let mut chunked_count = 0usize;
     for field in response.headers.iter() {
         let name = field.name;
         if name.eq_ignore_ascii_case("content-length") {
@@ -116,6 +138,11 @@ pub(crate) fn parse_response_head(head: &[u8]) -> Result<ResponseHead, &'static 
             );
         } else if name.eq_ignore_ascii_case("transfer-encoding") {
             parsed.transfer_encoding = true;
+            for coding in list_elements(field.value) {
+                let chunked = coding.eq_ignore_ascii_case(b"chunked");
+                chunked_count += usize::from(chunked);
+                parsed.chunked = chunked;
+            }
         } else if name.eq_ignore_ascii_case("sec-websocket-accept") {
             parsed.accept = match parsed.accept {
                 AcceptField::Missing => accept_value(field.value),
@@ -129,9 +156,12 @@ pub(crate) fn parse_response_head(head: &[u8]) -> Result<ResponseHead, &'static 
     if parsed.transfer_encoding && parsed.content_length.is_some() {
         return Err("Content-Length with Transfer-Encoding in response");
     }
+    parsed.chunked &= chunked_count == 1;
     let fields = response.headers.iter().map(|f| (f.name, f.value));
     parsed.upgrade_websocket = has_token(fields.clone(), "upgrade", "websocket");
-    parsed.connection_upgrade = has_token(fields, "connection", "upgrade");
+    parsed.connection_upgrade = has_token(fields.clone(), "connection", "upgrade");
+    parsed.connection_close = has_token(fields.clone(), "connection", "close");
+    parsed.connection_keep_alive = has_token(fields, "connection", "keep-alive");
     Ok(parsed)
 }
 
@@ -174,6 +204,34 @@ mod tests {
         assert!(parsed.has_transfer_encoding() && parsed.content_length().is_none());
         let parsed = parse_response_head(b"HTTP/1.1 103 Early Hints\r\n\r\n").expect("ok");
         assert!(parsed.is_interim());
+        let chunked = |te: &str| {
+            let head = format!("HTTP/1.1 200 OK\r\n{te}\r\n");
+            parse_response_head(head.as_bytes())
+                .expect("ok")
+                .is_chunked()
+        };
+        assert!(chunked("Transfer-Encoding: chunked\r\n"));
+        assert!(chunked(
+            "Transfer-Encoding: gzip\r\ntransfer-encoding: CHUNKED\r\n"
+        ));
+        assert!(!chunked("Transfer-Encoding: chunked, gzip\r\n"));
+        assert!(!chunked("Transfer-Encoding: chunked, chunked\r\n"));
+        assert!(!chunked("Transfer-Encoding: xchunked\r\n"));
+        assert!(!chunked(""));
+    }
+
+    #[test]
+    fn keep_alive_follows_version_and_connection() {
+        let keeps = |head: &str| {
+            parse_response_head(head.as_bytes())
+                .expect("ok")
+                .keeps_alive()
+        };
+        assert!(keeps("HTTP/1.1 200 OK\r\n\r\n"));
+        assert!(keeps("HTTP/1.1 200 OK\r\nConnection: keep-alive\r\n\r\n"));
+        assert!(!keeps("HTTP/1.1 200 OK\r\nConnection: Close\r\n\r\n"));
+        assert!(!keeps("HTTP/1.0 200 OK\r\n\r\n"));
+        assert!(keeps("HTTP/1.0 200 OK\r\nConnection: keep-alive\r\n\r\n"));
     }
 
     #[test]

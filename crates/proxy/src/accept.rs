@@ -16,6 +16,8 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{Instrument, debug, debug_span, warn};
 
+use sluice_metrics::ListenerMetrics;
+
 use crate::{BindError, BoundListener, Shared, conn};
 
 /// Backlog asked of the kernel (capped by `net.core.somaxconn`).
@@ -30,11 +32,16 @@ const OVER_LIMIT: &[u8] = b"HTTP/1.1 503 Service Unavailable\r\nContent-Type: te
 pub(crate) fn bind_listener(
     listener: &sluice_config::Listener,
 ) -> Result<BoundListener, BindError> {
-    bind(listener.listen)
-        .map(|socket| BoundListener::new(listener.name.clone(), socket))
+    bind_named(&listener.name, listener.listen)
+}
+
+/// Binds `addr` for the listener called `name` (which names it in errors).
+pub(crate) fn bind_named(name: &str, addr: SocketAddr) -> Result<BoundListener, BindError> {
+    bind(addr)
+        .map(|socket| BoundListener::new(name, socket))
         .map_err(|source| BindError {
-            name: listener.name.clone(),
-            addr: listener.listen,
+            name: name.to_owned(),
+            addr,
             source,
         })
 }
@@ -62,6 +69,8 @@ pub(crate) async fn accept_loop(
 ) {
     let BoundListener { name, listener } = listener;
     let name: Arc<str> = name.into();
+    // Handles resolved once for the life of the loop (the series outlive reloads).
+    let metrics = ListenerMetrics::new(&name);
     let mut backoff = BACKOFF_MIN;
     loop {
         let accepted = tokio::select! {
@@ -71,13 +80,14 @@ pub(crate) async fn accept_loop(
         match accepted {
             Ok((stream, peer)) => {
                 backoff = BACKOFF_MIN;
-                admit(&shared, &name, stream, peer, &connections);
+                admit(&shared, &name, &metrics, stream, peer, &connections);
             }
             Err(error) if is_connection_error(&error) => {
                 debug!(listener = %name, %error, "accept: connection gone before accept");
             }
             Err(error) => {
                 shared.stats.count_accept_error();
+                metrics.accept_errors.increment(1);
                 warn!(listener = %name, %error, pause = ?backoff, "accept failed; pausing");
                 tokio::select! {
                     () = stop.cancelled() => break,
@@ -92,18 +102,21 @@ pub(crate) async fn accept_loop(
 fn admit(
     shared: &Arc<Shared>,
     listener: &Arc<str>,
+    metrics: &ListenerMetrics,
     stream: TcpStream,
     peer: SocketAddr,
     connections: &TaskTracker,
 ) {
     let Ok(permit) = Arc::clone(&shared.connections).try_acquire_owned() else {
         shared.stats.count_refused_over_limit();
+        metrics.refused.increment(1);
         debug!(listener = %listener, %peer, "connection limit reached: refused");
         // Best effort and never waiting: the socket is fresh, its send buffer empty.
         let _ = stream.try_write(OVER_LIMIT);
         return;
     };
     shared.stats.count_accepted();
+    metrics.accepted.increment(1);
     let id = shared
         .next_conn_id
         .fetch_add(1, std::sync::atomic::Ordering::Relaxed);

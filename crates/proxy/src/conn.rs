@@ -3,6 +3,8 @@
 //! States, each consuming the previous one's value:
 //! `Reading` (head bytes, deadline) → `Routed` (request, pool) → `Connected` (backend socket,
 //! guard) → `Upgraded` (101 relayed) → `Relaying` (sluice-splice) → closed.
+//! A plain (non-upgrade) request leaves after `Reading` for the keep-alive loop of `http.rs`,
+//! which comes back here with the upgrade request that ends it, if one comes.
 //! A failure before `Connected` is answered with one response and nothing reaches a backend.
 //! A failure after the head was forwarded is answered too, but never retried elsewhere: the
 //! backend may already act on it.
@@ -14,11 +16,12 @@ use std::time::Duration;
 use bytes::BytesMut;
 use sluice_balance::{Affinity, BackendGuard, Pool, Token};
 use sluice_handshake::{
-    ClientInfo, HandshakeError, RequestKind, affinity_key, classify, cookie, error_response,
-    insert_response_headers, parse_request, read_request_head, read_response_head,
-    write_forwarded_request, write_set_cookie,
+    ClientInfo, HandshakeError, Request, RequestKind, WebSocketUpgrade, affinity_key, classify,
+    cookie, error_response, insert_response_headers, parse_request, read_request_head,
+    read_response_head, write_forwarded_request, write_set_cookie,
 };
-use sluice_splice::{RelayOptions, Traffic};
+use sluice_metrics::{BackendMetrics, PoolMetrics};
+use sluice_splice::RelayOptions;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::sync::OwnedSemaphorePermit;
@@ -26,7 +29,9 @@ use tokio::time::Instant;
 use tracing::{debug, warn};
 
 use crate::Shared;
+use crate::http::{self, UpgradeRequest};
 use crate::snapshot::{Snapshot, canonical};
+use crate::tunnels::Bytes;
 
 /// How long a rejected client may keep sending before its connection is closed anyway.
 const LINGER: Duration = Duration::from_secs(2);
@@ -46,39 +51,90 @@ pub(crate) async fn serve(
     peer: SocketAddr,
     _permit: OwnedSemaphorePermit,
 ) {
+    let accepted_at = Instant::now();
     let _live = shared.stats.connection();
     let snapshot = shared.snapshot.load_full();
+    let listener_metrics = snapshot.listener(&listener).map(|l| l.metrics().clone());
+    let _active = listener_metrics
+        .as_ref()
+        .map(|m| GaugeGuard::new(&m.active));
     // Shutdown's final deadline also ends handshakes still in flight.
-    let outcome = tokio::select! {
+    let mut outcome = tokio::select! {
         outcome = handshake(&snapshot, &listener, &mut client, peer) => outcome,
         () = shared.stop_tunnels.cancelled() => return,
     };
+    let mut snapshot = snapshot;
+    if let Ok(Handshake::Plain { request, buf }) = outcome {
+        // Plain HTTP at L7, request by request, until the connection ends or upgrades.
+        drop(snapshot);
+        let upgrade = tokio::select! {
+            upgrade = http::serve(&shared, &listener, &mut client, peer, request, buf) => upgrade,
+            () = shared.stop_tunnels.cancelled() => return,
+        };
+        let Some(UpgradeRequest {
+            request,
+            upgrade,
+            early,
+        }) = upgrade
+        else {
+            return;
+        };
+        snapshot = shared.snapshot.load_full();
+        outcome = tokio::select! {
+            outcome = upgrade_request(&snapshot, &listener, &mut client, peer, request, upgrade, early) => outcome,
+            () = shared.stop_tunnels.cancelled() => return,
+        };
+    }
     // From here on the connection needs only what it holds: a reload may retire this snapshot.
+    let tunnel_metrics = match &outcome {
+        Ok(Handshake::Upgraded { guard, pool, .. }) => TunnelMetrics::of(&snapshot, *pool, guard),
+        _ => None,
+    };
     let relay_options = relay_options(snapshot.config());
+    let sockets = crate::health::TunnelSockets::of(snapshot.config());
     drop(snapshot);
     match outcome {
-        Ok(Handshake::Upgraded { backend, guard }) => {
+        Ok(Handshake::Upgraded { backend, guard, .. }) => {
             shared.stats.count_upgraded();
-            tunnel(&shared, id, client, backend, guard, &relay_options).await;
+            if let Some(listener) = &listener_metrics {
+                listener.upgraded.increment(1);
+                listener
+                    .handshake_duration
+                    .record(accepted_at.elapsed().as_secs_f64());
+            }
+            sockets.apply(&client, &backend);
+            let metrics = tunnel_metrics.unwrap_or_else(|| TunnelMetrics::unlisted(&guard));
+            tunnel(&shared, id, client, backend, guard, &relay_options, metrics).await;
         }
         Ok(Handshake::Answered { status }) => {
             shared.stats.count_backend_failed();
+            if let Some(listener) = &listener_metrics {
+                listener.handshake("answered", Some(status));
+            }
             debug!(status, "backend answered without upgrading; relayed");
         }
+        // Served above.
+        Ok(Handshake::Plain { .. }) => {}
         Err(error) => {
-            match error.side() {
+            let outcome = match error.side() {
                 sluice_handshake::Side::Backend | sluice_handshake::Side::Internal => {
                     shared.stats.count_backend_failed();
                     warn!(reason = error.label(), %error, "handshake failed");
+                    "backend_failed"
                 }
                 sluice_handshake::Side::Client if error.status().is_none() => {
                     shared.stats.count_abandoned();
                     debug!(reason = error.label(), %error, "client left during the handshake");
+                    "abandoned"
                 }
                 sluice_handshake::Side::Client => {
                     shared.stats.count_rejected();
                     debug!(reason = error.label(), %error, "request rejected");
+                    "rejected"
                 }
+            };
+            if let Some(listener) = &listener_metrics {
+                listener.handshake(outcome, error.status());
             }
             reject(&mut client, &error).await;
         }
@@ -91,12 +147,18 @@ enum Handshake {
     Upgraded {
         backend: TcpStream,
         guard: BackendGuard,
+        /// The router's index of the pool.
+        pool: usize,
     },
     /// The backend answered something else, which was relayed to the client.
     Answered { status: u16 },
+    /// A plain request, for the keep-alive loop of `http.rs`; `buf` holds what the client sent
+    /// after its head.
+    Plain { request: Request, buf: BytesMut },
 }
 
-/// The L7 act: read, parse, classify, route, pick, connect, forward, read the answer.
+/// The L7 act: read, parse, classify; then for an upgrade, the rest of it
+/// ([`upgrade_request`]).
 async fn handshake(
     snapshot: &Snapshot,
     listener: &str,
@@ -105,20 +167,39 @@ async fn handshake(
 ) -> Result<Handshake, HandshakeError> {
     let config = snapshot.config();
     let (timeouts, limits) = (config.timeouts, config.limits);
-    let listener = snapshot
-        .listener(listener)
-        .ok_or(HandshakeError::ListenerGone)?;
-
     // Reading: the whole head within the deadline and the byte limit.
     let deadline = Instant::now() + timeouts.handshake;
     let mut buf = BytesMut::with_capacity(INITIAL_HEAD_BUFFER.min(limits.max_head_bytes));
     let head_len = read_request_head(client, &mut buf, limits.max_head_bytes, deadline).await?;
     let early = buf.split_off(head_len);
     let request = parse_request(buf.freeze(), limits.max_headers)?;
-    let upgrade = match classify(&request)? {
-        RequestKind::WebSocket(upgrade) => upgrade,
-        RequestKind::Plain => return Err(HandshakeError::NotUpgrade),
-    };
+    match classify(&request)? {
+        RequestKind::WebSocket(upgrade) => {
+            upgrade_request(snapshot, listener, client, peer, request, upgrade, early).await
+        }
+        RequestKind::Plain => Ok(Handshake::Plain {
+            request,
+            buf: early,
+        }),
+    }
+}
+
+/// The L7 act of a WebSocket upgrade, from its parsed request: route, pick, connect, forward,
+/// read the answer.
+async fn upgrade_request(
+    snapshot: &Snapshot,
+    listener: &str,
+    client: &mut TcpStream,
+    peer: SocketAddr,
+    request: Request,
+    upgrade: WebSocketUpgrade,
+    early: BytesMut,
+) -> Result<Handshake, HandshakeError> {
+    let config = snapshot.config();
+    let (timeouts, limits) = (config.timeouts, config.limits);
+    let listener = snapshot
+        .listener(listener)
+        .ok_or(HandshakeError::ListenerGone)?;
 
     // Routed.
     let pool_index = listener.router().route(&request)?;
@@ -154,7 +235,11 @@ async fn handshake(
         stream: mut backend,
         guard,
         set_cookie,
+        took,
     } = connect(pool, affinity, timeouts.connect).await?;
+    if let Some(metrics) = snapshot.pool_metrics(pool_index) {
+        metrics.connect_duration.record(took.as_secs_f64());
+    }
     backend
         .write_all(&forwarded)
         .await
@@ -176,7 +261,14 @@ async fn handshake(
             response_deadline,
         )
         .await
-        .map_err(|e| e.with_backend(guard.addr()))?;
+        .map_err(|e| {
+            // Passive checks: a backend that never answers counts like one that refuses.
+            if matches!(e, HandshakeError::BackendResponseTimeout { .. }) {
+                crate::health::connect_failed(pool, guard.backend(), "response_timeout");
+            }
+            e.with_backend(guard.addr())
+        })?;
+        crate::health::answered(guard.backend());
         if !response.is_interim() {
             break response;
         }
@@ -201,7 +293,11 @@ async fn handshake(
             }
             _ => write_answer(client, &answer).await?,
         }
-        return Ok(Handshake::Upgraded { backend, guard });
+        return Ok(Handshake::Upgraded {
+            backend,
+            guard,
+            pool: pool_index,
+        });
     }
     let body_read = answer.len().saturating_sub(response.head_len());
     let body_left = response
@@ -219,6 +315,8 @@ struct Connected {
     guard: BackendGuard,
     /// The affinity cookie to give the client, when the pool sets one.
     set_cookie: Option<Token>,
+    /// How long the successful attempt took.
+    took: Duration,
 }
 
 /// Tries the pool's candidates in order until one accepts the TCP connection. Refusals and
@@ -232,6 +330,7 @@ async fn connect(
     let mut last_error = None;
     while let Some(guard) = picker.next_backend() {
         let addr = guard.addr();
+        let started = Instant::now();
         match tokio::time::timeout(timeout, TcpStream::connect(addr)).await {
             Ok(Ok(stream)) => {
                 let _ = stream.set_nodelay(true);
@@ -245,10 +344,12 @@ async fn connect(
                     stream,
                     guard,
                     set_cookie: picker.cookie_to_set().copied(),
+                    took: started.elapsed(),
                 });
             }
             Ok(Err(source)) => {
                 warn!(backend = %addr, error = %source, "connect failed");
+                crate::health::connect_failed(pool, guard.backend(), "connect_refused");
                 last_error = Some(HandshakeError::BackendRefused {
                     backend: addr,
                     source,
@@ -256,6 +357,7 @@ async fn connect(
             }
             Err(_) => {
                 warn!(backend = %addr, timeout = ?timeout, "connect timed out");
+                crate::health::connect_failed(pool, guard.backend(), "connect_timeout");
                 last_error = Some(HandshakeError::BackendConnectTimeout { backend: addr });
             }
         }
@@ -273,19 +375,37 @@ async fn tunnel(
     backend: TcpStream,
     guard: BackendGuard,
     options: &RelayOptions,
+    metrics: TunnelMetrics,
 ) {
     let _tunnel = shared.stats.tunnel();
-    // Drain (a reload removed the backend) or shutdown closes the tunnel through its registration.
-    let registration = shared.tunnels.register(id, Arc::clone(guard.backend()));
+    let _active = GaugeGuard::new(&metrics.backend.tunnels_active);
+    // Drain (a reload removed the backend) or shutdown closes the tunnel through its
+    // registration, which also lets the metrics count its bytes while it lives.
+    let bytes = Arc::new(Bytes::new(metrics.backend.clone()));
+    let registration = shared
+        .tunnels
+        .register(id, Arc::clone(guard.backend()), Arc::clone(&bytes));
     let stop = async {
         tokio::select! {
             () = registration.stopped() => {}
             () = shared.stop_tunnels.cancelled() => {}
         }
     };
-    let traffic = Traffic::default();
-    let report =
-        sluice_splice::relay(client, backend, options, &shared.pipes, &traffic, stop).await;
+    let report = sluice_splice::relay(
+        client,
+        backend,
+        options,
+        &shared.pipes,
+        &bytes.traffic,
+        stop,
+    )
+    .await;
+    drop(registration);
+    metrics.pool.tunnel_closed(report.closed_by.label());
+    metrics
+        .pool
+        .tunnel_duration
+        .record(report.duration.as_secs_f64());
     debug!(
         backend = %guard.addr(),
         closed_by = report.closed_by.label(),
@@ -308,6 +428,7 @@ fn relay_options(config: &sluice_config::Config) -> RelayOptions {
         },
         buffer_size: config.relay.buffer_size,
         idle_timeout: config.timeouts.tunnel_idle,
+        half_closed_timeout: config.timeouts.half_closed,
     }
 }
 
@@ -367,13 +488,19 @@ async fn relay_answer(
 /// Answers a failed handshake (when the error has an answer) and closes the connection gently:
 /// after the answer, what the client still sends is read and dropped for a moment, so that the
 /// close does not reset the connection before the client has read the answer.
-async fn reject(client: &mut TcpStream, error: &HandshakeError) {
+pub(crate) async fn reject(client: &mut TcpStream, error: &HandshakeError) {
     let Some(answer) = error_response(error) else {
         return;
     };
     if write_answer(client, &answer).await.is_err() {
         return;
     }
+    linger(client).await;
+}
+
+/// Closes the connection gently after the last answer: half-closes, then reads and drops what
+/// the client still sends for a moment (at most [`LINGER`] and [`LINGER_BYTES`]).
+pub(crate) async fn linger(client: &mut TcpStream) {
     if client.shutdown().await.is_err() {
         return;
     }
@@ -388,4 +515,44 @@ async fn reject(client: &mut TcpStream, error: &HandshakeError) {
         }
     })
     .await;
+}
+
+/// The metric handles a tunnel records into, resolved from the snapshot before it is dropped.
+struct TunnelMetrics {
+    pool: PoolMetrics,
+    backend: BackendMetrics,
+}
+
+impl TunnelMetrics {
+    fn of(snapshot: &Snapshot, pool: usize, guard: &BackendGuard) -> Option<Self> {
+        Some(Self {
+            pool: snapshot.pool_metrics(pool)?.clone(),
+            backend: snapshot.backend_metrics(pool, guard.addr())?.clone(),
+        })
+    }
+
+    /// Handles for a backend the snapshot does not list (it cannot happen: the guard came from
+    /// that snapshot's pool); kept so that a tunnel never goes uncounted.
+    fn unlisted(guard: &BackendGuard) -> Self {
+        Self {
+            pool: PoolMetrics::new("unlisted"),
+            backend: BackendMetrics::new("unlisted", &guard.addr().to_string()),
+        }
+    }
+}
+
+/// One unit of a metrics gauge, given back on drop.
+struct GaugeGuard(sluice_metrics::Gauge);
+
+impl GaugeGuard {
+    fn new(gauge: &sluice_metrics::Gauge) -> Self {
+        gauge.increment(1.0);
+        Self(gauge.clone())
+    }
+}
+
+impl Drop for GaugeGuard {
+    fn drop(&mut self) {
+        self.0.decrement(1.0);
+    }
 }

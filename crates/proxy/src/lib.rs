@@ -7,6 +7,8 @@
 //! accept ─ permit ─ L7 act (sluice-handshake: read, parse, classify, route)
 //!        ─ pick (sluice-balance) ─ connect ─ forward head ─ read response head
 //!        ─ 101 ─ L4 act (sluice-splice: relay until both sides are done)
+//!        ─ plain request: HTTP/1.1 at L7, request by request over keep-alive (`http.rs`,
+//!          backend connections reused from an idle pool, `pool.rs`), until an upgrade
 //! ```
 //!
 //! Every stage returns a value the next consumes; a failure at any stage before the first byte
@@ -18,11 +20,16 @@
 //! connection loads it once and keeps that `Arc` until its backend is chosen.
 
 mod accept;
+mod admin;
 mod conn;
+mod health;
+mod http;
 mod limits;
+mod pool;
 mod reload;
 mod snapshot;
 mod stats;
+mod status;
 mod tunnels;
 
 use std::collections::HashMap;
@@ -44,7 +51,7 @@ use tracing::{info, warn};
 pub use limits::derived_max_connections;
 pub use reload::{ReloadError, ReloadStats};
 pub use snapshot::{ListenerRuntime, Snapshot};
-pub use stats::Stats;
+pub use stats::{Stats, StatusClass};
 
 use reload::Control;
 use tunnels::Tunnels;
@@ -109,6 +116,11 @@ pub(crate) struct Shared {
     pub(crate) stop_tunnels: CancellationToken,
     /// Live tunnels, for drain and shutdown.
     pub(crate) tunnels: Tunnels,
+    /// Cancelled when shutdown starts: keep-alive connections close instead of waiting for
+    /// their next request, and answers in flight say `Connection: close`.
+    pub(crate) closing: CancellationToken,
+    /// Idle keep-alive backend connections of plain HTTP requests.
+    pub(crate) idle: pool::IdlePool,
     /// Every connection task, so shutdown can wait for them.
     pub(crate) tasks: TaskTracker,
     /// Reload and shutdown state; taken by the control plane only, never by a connection.
@@ -118,6 +130,17 @@ pub(crate) struct Shared {
     pub(crate) stats: Stats,
     pub(crate) reloads: ReloadStats,
     pub(crate) next_conn_id: AtomicU64,
+    pub(crate) started: std::time::Instant,
+    /// The admin listener: bound by `bind`, served by `run` until shutdown ends.
+    pub(crate) admin: std::sync::Mutex<AdminState>,
+}
+
+/// The admin listener's socket and, once serving, how to stop it.
+#[derive(Debug, Default)]
+pub(crate) struct AdminState {
+    bound: Option<TcpListener>,
+    addr: Option<SocketAddr>,
+    stop: Option<CancellationToken>,
 }
 
 /// A sluice proxy: build it from a configuration, bind, run until the shutdown future resolves.
@@ -134,6 +157,14 @@ impl Server {
             .max_connections
             .unwrap_or_else(|| derived_max_connections(config.relay.max_pipes));
         let pipes = PipePool::new(config.relay.max_pipes, config.relay.pipe_size);
+        // The process-wide recorder; a second server in the same process shares it.
+        if let Err(error) = sluice_metrics::Exporter::install() {
+            warn!(%error, "metrics disabled");
+        }
+        let loaded = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs());
+        sluice_metrics::global::config_loaded(1, loaded);
         let snapshot = Snapshot::build(Arc::new(config), 1, |_, _| None);
         Self {
             shared: Arc::new(Shared {
@@ -143,24 +174,76 @@ impl Server {
                 max_connections,
                 stop_tunnels: CancellationToken::new(),
                 tunnels: Tunnels::default(),
+                closing: CancellationToken::new(),
+                idle: pool::IdlePool::default(),
                 tasks: TaskTracker::new(),
                 control: tokio::sync::Mutex::new(Control::default()),
                 ready: AtomicBool::new(false),
                 stats: Stats::default(),
                 reloads: ReloadStats::default(),
                 next_conn_id: AtomicU64::new(1),
+                started: std::time::Instant::now(),
+                admin: std::sync::Mutex::new(AdminState::default()),
             }),
         }
     }
 
-    /// Binds every configured listener, in configuration order.
+    /// Binds every configured listener, in configuration order, and the admin listener.
     pub async fn bind(&self) -> Result<Vec<BoundListener>, ProxyError> {
         let snapshot = self.shared.snapshot.load_full();
         let mut bound = Vec::with_capacity(snapshot.config().listeners.len());
         for listener in &snapshot.config().listeners {
             bound.push(accept::bind_listener(listener)?);
         }
+        if let Some(admin) = &snapshot.config().admin {
+            let listener = accept::bind_named("admin", admin.listen)?;
+            let mut state = self.admin_state();
+            state.addr = listener.local_addr().ok();
+            state.bound = Some(listener.listener);
+        }
         Ok(bound)
+    }
+
+    /// The admin listener's address, once bound.
+    pub async fn admin_addr(&self) -> Option<SocketAddr> {
+        self.admin_state().addr
+    }
+
+    /// How long since this server was created.
+    pub fn uptime(&self) -> std::time::Duration {
+        self.shared.started.elapsed()
+    }
+
+    /// Brings the metrics that are read rather than recorded up to date: bytes of live tunnels,
+    /// relay totals, pipes, readiness. The admin listener calls it every few seconds and before
+    /// each scrape.
+    pub fn publish_metrics(&self) {
+        self.shared.tunnels.publish_bytes();
+        let relay = sluice_splice::stats();
+        let (in_use, idle) = self.pipes();
+        sluice_metrics::global::relay(
+            relay.spliced_bytes(),
+            relay.copied_bytes(),
+            relay.copy_fallbacks(),
+            in_use,
+            idle,
+        );
+        sluice_metrics::global::ready(self.is_ready());
+        let snapshot = self.snapshot();
+        for (pool, _, backends) in snapshot.pools_with_metrics() {
+            for (backend, metrics) in pool.backends().iter().zip(backends) {
+                metrics
+                    .up
+                    .set(if backend.is_available() { 1.0 } else { 0.0 });
+            }
+        }
+    }
+
+    fn admin_state(&self) -> std::sync::MutexGuard<'_, AdminState> {
+        self.shared
+            .admin
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
     /// Live counters of this server.
@@ -191,6 +274,11 @@ impl Server {
     /// Live tunnels now.
     pub fn live_tunnels(&self) -> usize {
         self.shared.tunnels.len()
+    }
+
+    /// Idle keep-alive backend connections held for plain HTTP requests now.
+    pub fn idle_backend_connections(&self) -> usize {
+        self.shared.idle.len()
     }
 
     /// Counters of configuration reloads.
@@ -227,7 +315,21 @@ impl Server {
                     .ok_or_else(|| ProxyError::UnknownListener(l.name.clone()))?;
                 control.start_listener(&self.shared, l, configured);
             }
+            health::snapshot_live(&mut control.health, None, &snapshot);
             self.shared.ready.store(true, Ordering::Relaxed);
+            sluice_metrics::global::ready(true);
+            let mut admin = self.admin_state();
+            if let Some(listener) = admin.bound.take() {
+                let stop = CancellationToken::new();
+                let token = snapshot
+                    .config()
+                    .admin
+                    .as_ref()
+                    .and_then(|a| a.token.as_ref())
+                    .map(|t| Arc::from(t.expose()));
+                tokio::spawn(admin::serve(self.clone(), listener, token, stop.clone()));
+                admin.stop = Some(stop);
+            }
         }
         shutdown.await;
         self.shutdown().await;
@@ -237,10 +339,15 @@ impl Server {
     async fn shutdown(&self) {
         let shared = &self.shared;
         shared.ready.store(false, Ordering::Relaxed);
+        sluice_metrics::global::ready(false);
         // Holding the control lock for the rest of the process: no reload may reopen anything.
         let mut control = shared.control.lock().await;
         control.stop_all_listeners().await;
+        control.health.stop();
         shared.tasks.close();
+        // Keep-alive connections waiting for a request close now; none is reused again.
+        shared.closing.cancel();
+        shared.idle.clear();
 
         let timeouts = shared.snapshot.load().config().timeouts;
         let spread = timeouts.shutdown_spread.min(timeouts.shutdown);
@@ -266,6 +373,10 @@ impl Server {
             {
                 warn!("connections still closing after the deadline; leaving them");
             }
+        }
+        // The admin listener answered /readyz with 503 during the drain; it goes last.
+        if let Some(stop) = self.admin_state().stop.take() {
+            stop.cancel();
         }
         info!("shut down");
     }

@@ -6,7 +6,9 @@
 //!    live one (pools keep the identity and live counts of backends they still list);
 //! 2. bind every new listener; any failure rejects the reload with nothing changed;
 //! 3. commit, which cannot fail: stop the accept loops of removed listeners, swap the snapshot
-//!    in one `ArcSwap` store, start the accept loops of new listeners;
+//!    in one `ArcSwap` store, bring the health checkers in line with it (`health.rs`: unchanged
+//!    backends keep theirs, and every backend keeps its health), start the accept loops of new
+//!    listeners;
 //! 4. retire the backends the new configuration dropped: they take no new connection, and their
 //!    tunnels drain (kept until they end by themselves, or closed oldest first over the pool's
 //!    `drain_spread` once its `drain_timeout` passed).
@@ -106,12 +108,14 @@ struct Retired {
     since: u64,
 }
 
-/// Control-plane state: running listeners and retired backends.
+/// Control-plane state: running listeners, retired backends and active health checkers.
 #[derive(Debug, Default)]
 pub(crate) struct Control {
     listeners: HashMap<String, RunningListener>,
     retired: HashMap<(String, SocketAddr), Retired>,
     shutting_down: bool,
+    /// One checker per backend of the live snapshot's checked pools (`health.rs`).
+    pub(crate) health: sluice_health::HealthChecks,
 }
 
 impl Control {
@@ -201,15 +205,18 @@ impl Server {
     fn account(&self, result: Result<u64, ReloadError>) -> Result<u64, ReloadError> {
         let stats = &self.shared.reloads;
         match &result {
-            Ok(_) => {
+            Ok(generation) => {
                 stats.succeeded.fetch_add(1, Ordering::Relaxed);
                 let now = SystemTime::now()
                     .duration_since(UNIX_EPOCH)
                     .map_or(0, |d| d.as_secs());
                 stats.last_success_unix.store(now, Ordering::Relaxed);
+                sluice_metrics::global::reload("success");
+                sluice_metrics::global::config_loaded(*generation, now);
             }
             Err(error) => {
                 stats.failed.fetch_add(1, Ordering::Relaxed);
+                sluice_metrics::global::reload("error");
                 log_refused(error);
             }
         }
@@ -260,6 +267,7 @@ impl Server {
             control.stop_listener(name).await;
         }
         shared.snapshot.store(Arc::clone(&snapshot));
+        crate::health::snapshot_live(&mut control.health, Some(&old), &snapshot);
         let started = to_start.len();
         for (listener, configured) in to_start {
             control.start_listener(shared, listener, configured);
@@ -279,6 +287,25 @@ impl Server {
 
 /// Settings whose state was created at start (the pipe pool, the connection semaphore).
 fn restart_only(running: &Config, new: &Config) -> Result<(), ReloadError> {
+    let admin = |c: &Config| {
+        c.admin.as_ref().map_or_else(
+            || "none".to_owned(),
+            |a| {
+                format!(
+                    "{} (token {})",
+                    a.listen,
+                    if a.token.is_some() { "set" } else { "unset" }
+                )
+            },
+        )
+    };
+    if running.admin != new.admin {
+        return Err(ReloadError::RestartRequired {
+            setting: "admin",
+            running: admin(running),
+            new: admin(new),
+        });
+    }
     let checks: [(&'static str, String, String); 3] = [
         (
             "relay.max_pipes",

@@ -8,6 +8,7 @@ use ipnet::IpNet;
 use sluice_balance::{Backend, Pool};
 use sluice_config::{Config, Listener};
 use sluice_handshake::Router;
+use sluice_metrics::{BackendMetrics, ListenerMetrics, PoolMetrics};
 
 /// Routes, pools and balancer state of one configuration generation.
 #[derive(Debug)]
@@ -15,6 +16,8 @@ pub struct Snapshot {
     generation: u64,
     config: Arc<Config>,
     pools: Vec<Arc<Pool>>,
+    /// Metric handles of each pool, and of each of its backends (same order as the pool's).
+    pool_metrics: Vec<(PoolMetrics, Vec<BackendMetrics>)>,
     listeners: Vec<ListenerRuntime>,
 }
 
@@ -23,6 +26,7 @@ pub struct Snapshot {
 pub struct ListenerRuntime {
     config: Listener,
     router: Router,
+    metrics: ListenerMetrics,
 }
 
 impl ListenerRuntime {
@@ -34,6 +38,11 @@ impl ListenerRuntime {
     /// Its compiled routes.
     pub fn router(&self) -> &Router {
         &self.router
+    }
+
+    /// Its metric handles.
+    pub fn metrics(&self) -> &ListenerMetrics {
+        &self.metrics
     }
 
     /// Whether a peer's forwarded headers are trusted (appended to rather than replaced).
@@ -70,13 +79,26 @@ impl Snapshot {
                     pool_index,
                     l.unknown_host_status,
                 ),
+                metrics: ListenerMetrics::new(&l.name),
                 config: l.clone(),
+            })
+            .collect();
+        let pool_metrics = pools
+            .iter()
+            .map(|pool| {
+                let backends = pool
+                    .backends()
+                    .iter()
+                    .map(|b| BackendMetrics::new(pool.name(), &b.addr().to_string()))
+                    .collect();
+                (PoolMetrics::new(pool.name()), backends)
             })
             .collect();
         Self {
             generation,
             config,
             pools,
+            pool_metrics,
             listeners,
         }
     }
@@ -99,6 +121,28 @@ impl Snapshot {
     /// The pool at a router's index.
     pub fn pool(&self, index: usize) -> Option<&Arc<Pool>> {
         self.pools.get(index)
+    }
+
+    /// The metric handles of the pool at a router's index.
+    pub fn pool_metrics(&self, index: usize) -> Option<&PoolMetrics> {
+        self.pool_metrics.get(index).map(|(pool, _)| pool)
+    }
+
+    /// The metric handles of a backend of the pool at a router's index.
+    pub fn backend_metrics(&self, index: usize, addr: SocketAddr) -> Option<&BackendMetrics> {
+        let pool = self.pools.get(index)?;
+        let position = pool.backends().iter().position(|b| b.addr() == addr)?;
+        self.pool_metrics.get(index)?.1.get(position)
+    }
+
+    /// Every pool with the metric handles of its backends, in configuration order.
+    pub fn pools_with_metrics(
+        &self,
+    ) -> impl Iterator<Item = (&Arc<Pool>, &PoolMetrics, &[BackendMetrics])> {
+        self.pools
+            .iter()
+            .zip(&self.pool_metrics)
+            .map(|(pool, (metrics, backends))| (pool, metrics, backends.as_slice()))
     }
 
     /// The pool with this name.

@@ -1,16 +1,21 @@
 //! The registry of live tunnels: what drain and shutdown need to close tunnels one by one,
-//! oldest first, spread over a window.
+//! oldest first, spread over a window, and what the metrics publisher reads to count the bytes
+//! of tunnels while they live.
 //!
 //! A tunnel registers when its relay starts and is removed when it ends (RAII). Each entry holds
-//! the tunnel's own stop token, its backend and its start. The registry is sharded by tunnel id
-//! so the two brief lock holds per tunnel lifetime (insert, remove) do not contend; nothing
-//! touches it per relayed byte. Drain and shutdown, which are rare, scan it whole.
+//! the tunnel's own stop token, its backend, its live byte counters and what of them was
+//! published. The registry is sharded by tunnel id so the two brief lock holds per tunnel
+//! lifetime (insert, remove) do not contend; nothing touches it per relayed byte. Drain,
+//! shutdown and the publisher (every few seconds) scan it whole.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
 use sluice_balance::Backend;
+use sluice_metrics::BackendMetrics;
+use sluice_splice::Traffic;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info};
@@ -22,6 +27,47 @@ const SHARDS: usize = 16;
 struct Entry {
     backend: Arc<Backend>,
     stop: CancellationToken,
+    bytes: Arc<Bytes>,
+}
+
+/// A tunnel's byte counters (moved by the relay) and how much of them the metrics have.
+#[derive(Debug)]
+pub(crate) struct Bytes {
+    pub(crate) traffic: Traffic,
+    metrics: BackendMetrics,
+    published: [AtomicU64; 2],
+}
+
+impl Bytes {
+    pub(crate) fn new(metrics: BackendMetrics) -> Self {
+        Self {
+            traffic: Traffic::default(),
+            metrics,
+            published: [AtomicU64::new(0), AtomicU64::new(0)],
+        }
+    }
+
+    /// Adds what moved since the last publication to the byte counters. Safe to race with
+    /// itself: `fetch_max` hands each byte range to exactly one caller.
+    pub(crate) fn publish(&self) {
+        let moved = [
+            (
+                &self.traffic.client_to_backend,
+                &self.metrics.client_to_backend,
+            ),
+            (
+                &self.traffic.backend_to_client,
+                &self.metrics.backend_to_client,
+            ),
+        ];
+        for ((now, counter), published) in moved.into_iter().zip(&self.published) {
+            let now = now.load(Ordering::Relaxed);
+            let before = published.fetch_max(now, Ordering::Relaxed);
+            if now > before {
+                counter.increment(now - before);
+            }
+        }
+    }
 }
 
 /// Live tunnels, by id (ids grow with accept order, so the smallest is the oldest).
@@ -47,25 +93,45 @@ impl Registration<'_> {
 
 impl Drop for Registration<'_> {
     fn drop(&mut self) {
-        self.tunnels.shard(self.id).remove(&self.id);
+        if let Some(entry) = self.tunnels.shard(self.id).remove(&self.id) {
+            entry.bytes.publish();
+        }
     }
 }
 
 impl Tunnels {
-    /// Registers tunnel `id` to `backend`.
-    pub(crate) fn register(&self, id: u64, backend: Arc<Backend>) -> Registration<'_> {
+    /// Registers tunnel `id` to `backend`, its bytes counted in `bytes`.
+    pub(crate) fn register(
+        &self,
+        id: u64,
+        backend: Arc<Backend>,
+        bytes: Arc<Bytes>,
+    ) -> Registration<'_> {
         let stop = CancellationToken::new();
         self.shard(id).insert(
             id,
             Entry {
                 backend,
                 stop: stop.clone(),
+                bytes,
             },
         );
         Registration {
             tunnels: self,
             id,
             stop,
+        }
+    }
+
+    /// Publishes the bytes every live tunnel moved since the last time.
+    pub(crate) fn publish_bytes(&self) {
+        let mut live: Vec<Arc<Bytes>> = Vec::new();
+        for shard in &self.shards {
+            live.extend(lock(shard).values().map(|e| Arc::clone(&e.bytes)));
+        }
+        // Counted outside the locks.
+        for bytes in live {
+            bytes.publish();
         }
     }
 
@@ -146,17 +212,46 @@ mod tests {
         ))
     }
 
+    fn counters() -> Arc<Bytes> {
+        Arc::new(Bytes::new(BackendMetrics::new("p", "b")))
+    }
+
     #[test]
     fn registrations_come_and_go() {
         let tunnels = Tunnels::default();
         let b = backend(1);
-        let r1 = tunnels.register(1, Arc::clone(&b));
-        let r2 = tunnels.register(2, Arc::clone(&b));
+        let r1 = tunnels.register(1, Arc::clone(&b), counters());
+        let r2 = tunnels.register(2, Arc::clone(&b), counters());
         assert_eq!(tunnels.len(), 2);
         drop(r1);
         assert_eq!(tunnels.len(), 1);
         drop(r2);
         assert_eq!(tunnels.len(), 0);
+    }
+
+    #[test]
+    fn bytes_are_published_once_however_publications_interleave() {
+        let bytes = counters();
+        let published = |b: &Bytes| b.published[0].load(Ordering::Relaxed);
+        bytes
+            .traffic
+            .client_to_backend
+            .store(100, Ordering::Relaxed);
+        bytes.publish();
+        assert_eq!(published(&bytes), 100);
+        // A publication that read an older figure after a newer one was published adds nothing.
+        let stale = 100;
+        bytes
+            .traffic
+            .client_to_backend
+            .store(250, Ordering::Relaxed);
+        bytes.publish();
+        let before = bytes.published[0].fetch_max(stale, Ordering::Relaxed);
+        assert_eq!(
+            before, 250,
+            "a stale figure never moves the published mark back"
+        );
+        assert_eq!(published(&bytes), 250);
     }
 
     #[tokio::test(start_paused = true)]
@@ -166,7 +261,7 @@ mod tests {
         // Ids spread over shards and registered out of order: 3 is a's oldest, 40 its youngest.
         let regs: Vec<_> = [(40, &a), (3, &a), (17, &b), (21, &a), (5, &a)]
             .into_iter()
-            .map(|(id, be)| (id, tunnels.register(id, Arc::clone(be))))
+            .map(|(id, be)| (id, tunnels.register(id, Arc::clone(be), counters())))
             .collect();
         let start = Instant::now();
         let closed_at = Arc::new(Mutex::new(Vec::new()));

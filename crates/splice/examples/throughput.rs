@@ -64,6 +64,7 @@ fn main() {
                 mode,
                 buffer_size: buffer_kib << 10,
                 idle_timeout: None,
+                half_closed_timeout: None,
             };
             let cpu_before = thread_cpu();
             let report = relay(

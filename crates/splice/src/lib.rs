@@ -44,8 +44,9 @@
 //! direction keeps going. The tunnel ends when both directions have, with
 //! [`CloseReason::Client`] or [`CloseReason::Backend`] naming the side that ended first. An I/O
 //! error on either side (reset, broken pipe) ends both at once ([`CloseReason::Error`]), as do
-//! the idle timeout ([`CloseReason::IdleTimeout`]) and the `stop` future
-//! ([`CloseReason::Stopped`]). The sockets are closed when [`relay`] returns.
+//! the idle timeout ([`CloseReason::IdleTimeout`]), the half-closed timeout (one direction
+//! ended and the other did not follow in time: [`CloseReason::HalfClosedTimeout`]) and the
+//! `stop` future ([`CloseReason::Stopped`]). The sockets are closed when [`relay`] returns.
 //!
 //! # What this crate does not do
 //!
@@ -107,6 +108,10 @@ pub struct RelayOptions {
     /// No byte in either direction for this long closes the tunnel
     /// ([`CloseReason::IdleTimeout`]). `None`: never.
     pub idle_timeout: Option<Duration>,
+    /// Once one direction has ended (its end of stream passed on), the other has this long to
+    /// end too, or the tunnel is closed ([`CloseReason::HalfClosedTimeout`]), whatever bytes it
+    /// still moves. `None`: the other direction may go on for as long as it likes.
+    pub half_closed_timeout: Option<Duration>,
 }
 
 impl Default for RelayOptions {
@@ -115,6 +120,7 @@ impl Default for RelayOptions {
             mode: RelayMode::Auto,
             buffer_size: DEFAULT_BUFFER_SIZE,
             idle_timeout: None,
+            half_closed_timeout: None,
         }
     }
 }
@@ -190,6 +196,8 @@ pub enum CloseReason {
     Backend,
     /// No byte moved for [`RelayOptions::idle_timeout`].
     IdleTimeout,
+    /// One direction ended and the other did not within [`RelayOptions::half_closed_timeout`].
+    HalfClosedTimeout,
     /// The `stop` future resolved (drain or shutdown).
     Stopped,
     /// An I/O error on one side's socket ended both.
@@ -202,13 +210,14 @@ pub enum CloseReason {
 }
 
 impl CloseReason {
-    /// A fixed label for logs and metrics: `client`, `backend`, `idle_timeout`, `stopped`,
-    /// `client_error`, `backend_error`.
+    /// A fixed label for logs and metrics: `client`, `backend`, `idle_timeout`,
+    /// `half_closed_timeout`, `stopped`, `client_error`, `backend_error`.
     pub fn label(&self) -> &'static str {
         match self {
             Self::Client => "client",
             Self::Backend => "backend",
             Self::IdleTimeout => "idle_timeout",
+            Self::HalfClosedTimeout => "half_closed_timeout",
             Self::Stopped => "stopped",
             Self::Error {
                 side: Side::Client, ..
@@ -310,6 +319,7 @@ mod tests {
             (CloseReason::Client, "client"),
             (CloseReason::Backend, "backend"),
             (CloseReason::IdleTimeout, "idle_timeout"),
+            (CloseReason::HalfClosedTimeout, "half_closed_timeout"),
             (CloseReason::Stopped, "stopped"),
             (
                 CloseReason::Error {
@@ -337,6 +347,7 @@ mod tests {
         assert_eq!(opts.mode, RelayMode::Auto);
         assert_eq!(opts.buffer_size, 16 * 1024);
         assert_eq!(opts.idle_timeout, None);
+        assert_eq!(opts.half_closed_timeout, None);
     }
 
     #[test]

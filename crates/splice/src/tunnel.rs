@@ -1,8 +1,9 @@
-//! The tunnel: two directions, the stop signal and the idle timer, polled by one task.
+//! The tunnel: two directions, the stop signal, the idle timer and the half-closed timer, polled
+//! by one task.
 //!
 //! One poll of the tunnel checks `stop`, polls each unfinished direction (each does bounded
 //! work), publishes the bytes moved to the [`Traffic`] counters and the process stats, then
-//! checks the idle timer. The timer is lazy: activity only records the time (one clock read per
+//! checks the half-closed timer (armed once, when the first direction ends) and the idle timer. The timer is lazy: activity only records the time (one clock read per
 //! poll that moved bytes); when the `Sleep` fires early because of that activity, it is pushed
 //! to `last activity + timeout`, never re-armed per chunk.
 
@@ -37,6 +38,7 @@ where
     let timeout = opts.idle_timeout;
     let mut stop = pin!(stop);
     let mut idle = pin!(timeout.map(sleep));
+    let mut half_closed = pin!(None::<tokio::time::Sleep>);
     let mut last_active = started;
     let mut first_eof = None;
 
@@ -76,6 +78,17 @@ where
                 Side::Backend => CloseReason::Backend,
             };
             return Poll::Ready((reason, None));
+        }
+
+        if let Some(limit) = opts.half_closed_timeout {
+            if half_closed.is_none() && (c2b.is_done() || b2c.is_done()) {
+                half_closed.set(Some(sleep(limit)));
+            }
+            if let Some(timer) = half_closed.as_mut().as_pin_mut() {
+                if timer.poll(cx).is_ready() {
+                    return Poll::Ready((CloseReason::HalfClosedTimeout, None));
+                }
+            }
         }
 
         if let (Some(timeout), Some(mut timer)) = (timeout, idle.as_mut().as_pin_mut()) {

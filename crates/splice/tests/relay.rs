@@ -292,6 +292,7 @@ async fn odd_buffer_sizes_keep_bytes_intact() {
                 mode,
                 buffer_size,
                 idle_timeout: None,
+                half_closed_timeout: None,
             };
             let t = Tunnel::start(opts, pool()).await;
             exchange(t.client, t.server, 20_000, 30_000).await;
@@ -488,6 +489,90 @@ async fn idle_timeout_closes_a_quiet_tunnel() {
             .await
             .unwrap();
     }
+}
+
+#[tokio::test]
+async fn half_closed_timeout_closes_a_tunnel_whose_other_side_never_ends() {
+    let limit = Duration::from_millis(300);
+    for mode in MODES {
+        let opts = RelayOptions {
+            mode,
+            half_closed_timeout: Some(limit),
+            ..RelayOptions::default()
+        };
+        let mut t = Tunnel::start(opts, pool()).await;
+        ping(&mut t.client, &mut t.server, b"hello").await;
+        // The client ends its half; the backend keeps its own open and keeps talking.
+        t.client.shutdown().await.unwrap();
+        // The backend sees the end of the client's half.
+        let mut rest = Vec::new();
+        t.server.read_to_end(&mut rest).await.unwrap();
+        assert!(rest.is_empty());
+        let half_closed = Instant::now();
+        let mut server = t.server;
+        let chatter = tokio::spawn(async move {
+            while server.write_all(b"still here").await.is_ok() {
+                tokio::time::sleep(limit / 10).await;
+            }
+        });
+        let report = timeout(DEADLINE, t.relay).await.unwrap().unwrap();
+        let took = half_closed.elapsed();
+        chatter.abort();
+        assert_eq!(report.closed_by, CloseReason::HalfClosedTimeout, "{mode:?}");
+        assert_eq!(report.closed_by.label(), "half_closed_timeout");
+        assert!(took >= limit * 9 / 10, "{mode:?}: closed after {took:?}");
+        assert!(took < limit * 3, "{mode:?}: closed after {took:?}");
+        assert!(report.backend_to_client > 5, "traffic did not keep it open");
+    }
+}
+
+#[tokio::test]
+async fn half_closed_timeout_spares_tunnels_that_finish_in_time() {
+    for mode in MODES {
+        let opts = RelayOptions {
+            mode,
+            half_closed_timeout: Some(Duration::from_secs(5)),
+            ..RelayOptions::default()
+        };
+        let mut t = Tunnel::start(opts, pool()).await;
+        t.client.write_all(b"request").await.unwrap();
+        t.client.shutdown().await.unwrap();
+        let mut request = Vec::new();
+        t.server.read_to_end(&mut request).await.unwrap();
+        t.server.write_all(b"reply").await.unwrap();
+        t.server.shutdown().await.unwrap();
+        let mut got = Vec::new();
+        t.client.read_to_end(&mut got).await.unwrap();
+        assert_eq!(got, b"reply");
+        let report = t.report().await;
+        assert_eq!(report.closed_by, CloseReason::Client, "{mode:?}");
+    }
+}
+
+#[tokio::test]
+async fn relay_copy_honours_the_half_closed_timeout() {
+    let (client, proxy_client) = tcp_pair().await;
+    let (proxy_backend, mut server) = tcp_pair().await;
+    let opts = RelayOptions {
+        half_closed_timeout: Some(Duration::from_millis(200)),
+        ..RelayOptions::default()
+    };
+    let traffic = Traffic::default();
+    let mut client = client;
+    client.shutdown().await.unwrap();
+    let relay = relay_copy(
+        proxy_client,
+        proxy_backend,
+        &opts,
+        &traffic,
+        std::future::pending::<()>(),
+    );
+    let report = timeout(DEADLINE, relay).await.unwrap();
+    assert_eq!(report.closed_by, CloseReason::HalfClosedTimeout);
+    let mut rest = Vec::new();
+    let _ = timeout(DEADLINE, server.read_to_end(&mut rest))
+        .await
+        .unwrap();
 }
 
 #[tokio::test]

@@ -13,6 +13,9 @@
 //!     naming the backend, PROXY protocol v1/v2 headers recorded, live counters, and kill switches
 //!     ([`ServerHandle::close_all`], [`ServerHandle::reset_all`], [`CloseMode`]) to simulate a
 //!     backend dying mid-tunnel; [`EchoBackend::dies_after_upgrade`] does it by itself.
+//!   - [`HttpBackend`]: plain HTTP/1.1 with behaviours chosen by path (streamed bodies both
+//!     ways, chunked answers, `HEAD`/204/304, `100 Continue`, close-delimited and truncated
+//!     answers, a connection that dies on its second request) for the plain-HTTP path.
 //!   - [`Blackhole`] (never answers), [`StaticResponder`] (a fixed raw answer, see
 //!     [`responses`]), [`refused_addr`] (nothing listening), [`TcpEcho`] (raw bytes, half-close
 //!     honoured).
@@ -31,6 +34,7 @@
 mod client;
 mod echo;
 mod http;
+mod http_backend;
 mod misbehave;
 mod server;
 
@@ -41,6 +45,7 @@ pub use client::{
 };
 pub use echo::{DEFAULT_MAX_MESSAGE_SIZE, EchoBackend, EchoBuilder};
 pub use http::{ProxyHeader, RecordedRequest};
+pub use http_backend::{Checksum, HttpBackend, checksum, pattern};
 pub use misbehave::{AfterResponse, Blackhole, StaticResponder, TcpEcho, refused_addr, responses};
 pub use server::{CloseMode, ConnectionLog, ServerHandle};
 

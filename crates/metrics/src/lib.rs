@@ -1,0 +1,409 @@
+//! Every metric sluice exports, in one place: name, kind, unit, help text, labels, buckets.
+//!
+//! Place in the pipeline: beside it. The proxy records through the [`metrics`] facade with
+//! handles resolved once per listener, pool and backend ([`ListenerMetrics`], [`PoolMetrics`],
+//! [`BackendMetrics`]), so the per-connection path never hashes a label set; the admin
+//! listener renders [`Exporter::render`]. This crate does no I/O but reading `/proc/self` for
+//! the process metrics.
+//!
+//! Conventions (prometheus.io naming practices): prefix `sluice_`, base units (`_seconds`,
+//! `_bytes`), counters end in `_total`; label values come from configuration names and fixed
+//! sets only, never from request data, so cardinality is bounded by the configuration.
+
+use std::sync::OnceLock;
+
+pub use metrics::{Counter, Gauge, Histogram};
+use metrics::{Unit, counter, gauge, histogram};
+use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
+
+pub mod process;
+
+/// What kind of series a metric is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    Counter,
+    Gauge,
+    Histogram,
+}
+
+/// One metric of the catalogue.
+#[derive(Debug, Clone, Copy)]
+pub struct Metric {
+    pub name: &'static str,
+    pub kind: Kind,
+    pub unit: Option<Unit>,
+    pub help: &'static str,
+    pub labels: &'static [&'static str],
+    /// Histogram buckets (upper bounds), when the metric is a histogram.
+    pub buckets: Option<&'static [f64]>,
+}
+
+/// Latencies of a handshake or a connect: 100 µs to 10 s.
+const LATENCY_BUCKETS: &[f64] = &[
+    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
+    5.0, 10.0,
+];
+/// Tunnel lifetimes: a second to a day (WebSockets live for hours).
+const TUNNEL_BUCKETS: &[f64] = &[
+    1.0, 5.0, 15.0, 60.0, 300.0, 900.0, 1800.0, 3600.0, 7200.0, 14400.0, 28800.0, 86400.0,
+];
+
+macro_rules! catalogue {
+    ($($ident:ident = $name:literal, $kind:ident, $unit:expr, [$($label:literal),*], $buckets:expr, $help:literal;)*) => {
+        /// Metric names, one constant each.
+        pub mod names {
+            $(pub const $ident: &str = $name;)*
+        }
+        /// The whole catalogue, in documentation order.
+        pub const ALL: &[Metric] = &[
+            $(Metric {
+                name: $name,
+                kind: Kind::$kind,
+                unit: $unit,
+                help: $help,
+                labels: &[$($label),*],
+                buckets: $buckets,
+            },)*
+        ];
+    };
+}
+
+catalogue! {
+    CONNECTIONS_ACCEPTED = "sluice_connections_accepted_total", Counter, None, ["listener"], None,
+        "Client connections accepted and admitted.";
+    CONNECTIONS_REFUSED = "sluice_connections_refused_total", Counter, None, ["listener"], None,
+        "Client connections answered 503 and closed because the connection limit was reached.";
+    CONNECTIONS_ACTIVE = "sluice_connections_active", Gauge, None, ["listener"], None,
+        "Client connections held now, in any stage.";
+    ACCEPT_ERRORS = "sluice_accept_errors_total", Counter, None, ["listener"], None,
+        "Errors returned by accept (descriptor exhaustion and others); each pauses the accept loop.";
+    HANDSHAKES = "sluice_handshakes_total", Counter, None, ["listener", "outcome", "status"], None,
+        "Handshakes by outcome (upgraded, rejected, backend_failed, abandoned, answered) and HTTP status sent (none when nothing was answered).";
+    HANDSHAKE_DURATION = "sluice_handshake_duration_seconds", Histogram, Some(Unit::Seconds), ["listener"], Some(LATENCY_BUCKETS),
+        "From accept until the backend's 101 was relayed to the client.";
+    BACKEND_CONNECT_DURATION = "sluice_backend_connect_duration_seconds", Histogram, Some(Unit::Seconds), ["pool"], Some(LATENCY_BUCKETS),
+        "Successful TCP connects to backends.";
+    BACKEND_CONNECT_FAILURES = "sluice_backend_connect_failures_total", Counter, None, ["pool", "backend", "reason"], None,
+        "Failures of a backend seen by handshakes: connect_refused, connect_timeout, response_timeout (no response head in time).";
+    TUNNELS_ACTIVE = "sluice_tunnels_active", Gauge, None, ["pool", "backend"], None,
+        "Tunnels relaying now.";
+    TUNNEL_DURATION = "sluice_tunnel_duration_seconds", Histogram, Some(Unit::Seconds), ["pool"], Some(TUNNEL_BUCKETS),
+        "Lifetime of closed tunnels, from the 101 to the close.";
+    TUNNELS_CLOSED = "sluice_tunnels_closed_total", Counter, None, ["pool", "closed_by"], None,
+        "Closed tunnels by who closed them: client, backend, idle_timeout, stopped (drain or shutdown), client_error, backend_error.";
+    TUNNEL_BYTES = "sluice_tunnel_bytes_total", Counter, Some(Unit::Bytes), ["pool", "backend", "direction"], None,
+        "Bytes relayed by tunnels, client_to_backend or backend_to_client; moves while tunnels live.";
+    RELAY_BYTES = "sluice_relay_bytes_total", Counter, Some(Unit::Bytes), ["mode"], None,
+        "Bytes relayed by how they moved: splice (through pipes, no user-space copy) or copy.";
+    RELAY_COPY_FALLBACKS = "sluice_relay_copy_fallbacks_total", Counter, None, [], None,
+        "Times a tunnel direction wanted a pipe and got none (the pool was at relay.max_pipes), and copied instead.";
+    PIPES = "sluice_pipes", Gauge, None, ["state"], None,
+        "Pipes held by tunnels (in_use) and kept for reuse (idle).";
+    BACKEND_UP = "sluice_backend_up", Gauge, None, ["pool", "backend"], None,
+        "1 while the backend takes new connections, 0 while it is draining or down.";
+    HTTP_REQUESTS = "sluice_http_requests_total", Counter, None, ["pool", "class"], None,
+        "Plain HTTP requests proxied, by pool and status class (1xx to 5xx).";
+    HTTP_REQUEST_DURATION = "sluice_http_request_duration_seconds", Histogram, Some(Unit::Seconds), ["pool"], Some(LATENCY_BUCKETS),
+        "Plain HTTP requests, from the request head to the end of the response.";
+    CONFIG_GENERATION = "sluice_config_generation", Gauge, None, [], None,
+        "The configuration generation in force: 1 at start, one more per applied reload.";
+    CONFIG_RELOADS = "sluice_config_reloads_total", Counter, None, ["result"], None,
+        "Configuration reloads by result (success, error).";
+    CONFIG_LAST_RELOAD_SUCCESS = "sluice_config_last_reload_success_timestamp_seconds", Gauge, Some(Unit::Seconds), [], None,
+        "When the configuration was last loaded or reloaded successfully, in Unix seconds.";
+    READY = "sluice_ready", Gauge, None, [], None,
+        "1 while sluice accepts new connections, 0 before start and from shutdown on.";
+    PROCESS_CPU = "process_cpu_seconds_total", Counter, Some(Unit::Seconds), [], None,
+        "User and system CPU time spent by the process.";
+    PROCESS_RSS = "process_resident_memory_bytes", Gauge, Some(Unit::Bytes), [], None,
+        "Resident memory of the process.";
+    PROCESS_OPEN_FDS = "process_open_fds", Gauge, None, [], None,
+        "Open file descriptors of the process.";
+    PROCESS_MAX_FDS = "process_max_fds", Gauge, None, [], None,
+        "The process's open-file limit (RLIMIT_NOFILE).";
+    PROCESS_START_TIME = "process_start_time_seconds", Gauge, Some(Unit::Seconds), [], None,
+        "When the process started, in Unix seconds.";
+}
+
+/// Why the recorder could not be installed.
+#[derive(Debug, thiserror::Error)]
+pub enum MetricsError {
+    #[error("invalid histogram buckets for {name}: {reason}")]
+    Buckets { name: &'static str, reason: String },
+    #[error("another metrics recorder is already installed in this process")]
+    AlreadyInstalled,
+}
+
+/// The process's Prometheus recorder; renders the text exposition.
+#[derive(Debug, Clone)]
+pub struct Exporter {
+    handle: PrometheusHandle,
+}
+
+static EXPORTER: OnceLock<Exporter> = OnceLock::new();
+
+impl Exporter {
+    /// Installs the recorder for this process (once; later calls return the same exporter) and
+    /// describes every metric of the catalogue.
+    pub fn install() -> Result<&'static Exporter, MetricsError> {
+        if let Some(exporter) = EXPORTER.get() {
+            return Ok(exporter);
+        }
+        let mut builder = PrometheusBuilder::new();
+        for metric in ALL {
+            if let Some(buckets) = metric.buckets {
+                builder = builder
+                    .set_buckets_for_metric(Matcher::Full(metric.name.to_owned()), buckets)
+                    .map_err(|e| MetricsError::Buckets {
+                        name: metric.name,
+                        reason: e.to_string(),
+                    })?;
+            }
+        }
+        let recorder = builder.build_recorder();
+        let handle = recorder.handle();
+        metrics::set_global_recorder(recorder).map_err(|_| MetricsError::AlreadyInstalled)?;
+        describe_all();
+        Ok(EXPORTER.get_or_init(|| Exporter { handle }))
+    }
+
+    /// The exporter, if [`Exporter::install`] ran.
+    pub fn get() -> Option<&'static Exporter> {
+        EXPORTER.get()
+    }
+
+    /// The Prometheus text exposition of every metric, process metrics included.
+    pub fn render(&self) -> String {
+        let mut out = self.handle.render();
+        process::render(&mut out);
+        out
+    }
+
+    /// Housekeeping of the recorder (histogram buffers); call every few seconds.
+    pub fn run_upkeep(&self) {
+        self.handle.run_upkeep();
+    }
+}
+
+fn describe_all() {
+    // Process metrics are written by `process::render`, not recorded through the facade.
+    for metric in ALL.iter().filter(|m| !m.name.starts_with("process_")) {
+        let unit = metric.unit;
+        match (metric.kind, unit) {
+            (Kind::Counter, Some(u)) => metrics::describe_counter!(metric.name, u, metric.help),
+            (Kind::Counter, None) => metrics::describe_counter!(metric.name, metric.help),
+            (Kind::Gauge, Some(u)) => metrics::describe_gauge!(metric.name, u, metric.help),
+            (Kind::Gauge, None) => metrics::describe_gauge!(metric.name, metric.help),
+            (Kind::Histogram, Some(u)) => metrics::describe_histogram!(metric.name, u, metric.help),
+            (Kind::Histogram, None) => metrics::describe_histogram!(metric.name, metric.help),
+        }
+    }
+}
+
+/// Handles for one listener. Without an installed recorder they do nothing.
+#[derive(Debug, Clone)]
+pub struct ListenerMetrics {
+    listener: String,
+    pub accepted: Counter,
+    pub refused: Counter,
+    pub active: Gauge,
+    pub accept_errors: Counter,
+    pub upgraded: Counter,
+    pub handshake_duration: Histogram,
+}
+
+impl ListenerMetrics {
+    pub fn new(listener: &str) -> Self {
+        let l = listener.to_owned();
+        Self {
+            accepted: counter!(names::CONNECTIONS_ACCEPTED, "listener" => l.clone()),
+            refused: counter!(names::CONNECTIONS_REFUSED, "listener" => l.clone()),
+            active: gauge!(names::CONNECTIONS_ACTIVE, "listener" => l.clone()),
+            accept_errors: counter!(names::ACCEPT_ERRORS, "listener" => l.clone()),
+            upgraded: counter!(names::HANDSHAKES, "listener" => l.clone(), "outcome" => "upgraded", "status" => "101"),
+            handshake_duration: histogram!(names::HANDSHAKE_DURATION, "listener" => l.clone()),
+            listener: l,
+        }
+    }
+
+    /// Counts a handshake that did not upgrade: `outcome` is a fixed word, `status` the status
+    /// answered (None: nothing was answered). Off the hot path: resolves the handle now.
+    pub fn handshake(&self, outcome: &'static str, status: Option<u16>) {
+        counter!(
+            names::HANDSHAKES,
+            "listener" => self.listener.clone(),
+            "outcome" => outcome,
+            "status" => status_label(status)
+        )
+        .increment(1);
+    }
+}
+
+/// Statuses sluice itself answers or commonly relays, labelled exactly; others by their class.
+const STATUS_LABELS: &[(u16, &str)] = &[
+    (100, "100"),
+    (101, "101"),
+    (200, "200"),
+    (204, "204"),
+    (304, "304"),
+    (400, "400"),
+    (401, "401"),
+    (403, "403"),
+    (404, "404"),
+    (405, "405"),
+    (408, "408"),
+    (413, "413"),
+    (421, "421"),
+    (426, "426"),
+    (429, "429"),
+    (431, "431"),
+    (500, "500"),
+    (501, "501"),
+    (502, "502"),
+    (503, "503"),
+    (504, "504"),
+    (505, "505"),
+];
+
+/// A status as a label value from a fixed set.
+fn status_label(status: Option<u16>) -> &'static str {
+    let Some(status) = status else {
+        return "none";
+    };
+    STATUS_LABELS
+        .iter()
+        .find(|(code, _)| *code == status)
+        .map_or_else(|| status_class(status), |(_, label)| label)
+}
+
+/// The class label of a status: `1xx` to `5xx`.
+pub fn status_class(status: u16) -> &'static str {
+    match status {
+        100..=199 => "1xx",
+        200..=299 => "2xx",
+        300..=399 => "3xx",
+        400..=499 => "4xx",
+        _ => "5xx",
+    }
+}
+
+/// Handles for one pool.
+#[derive(Debug, Clone)]
+pub struct PoolMetrics {
+    pool: String,
+    pub connect_duration: Histogram,
+    pub tunnel_duration: Histogram,
+    pub http_request_duration: Histogram,
+}
+
+impl PoolMetrics {
+    pub fn new(pool: &str) -> Self {
+        let p = pool.to_owned();
+        Self {
+            connect_duration: histogram!(names::BACKEND_CONNECT_DURATION, "pool" => p.clone()),
+            tunnel_duration: histogram!(names::TUNNEL_DURATION, "pool" => p.clone()),
+            http_request_duration: histogram!(names::HTTP_REQUEST_DURATION, "pool" => p.clone()),
+            pool: p,
+        }
+    }
+
+    /// Counts a closed tunnel by who closed it (a fixed label of the relay).
+    pub fn tunnel_closed(&self, closed_by: &'static str) {
+        counter!(names::TUNNELS_CLOSED, "pool" => self.pool.clone(), "closed_by" => closed_by)
+            .increment(1);
+    }
+
+    /// Counts a plain HTTP request by its status class.
+    pub fn http_request(&self, status: u16) {
+        counter!(names::HTTP_REQUESTS, "pool" => self.pool.clone(), "class" => status_class(status))
+            .increment(1);
+    }
+}
+
+/// Handles for one backend of one pool.
+#[derive(Debug, Clone)]
+pub struct BackendMetrics {
+    pool: String,
+    backend: String,
+    pub tunnels_active: Gauge,
+    pub client_to_backend: Counter,
+    pub backend_to_client: Counter,
+    pub up: Gauge,
+}
+
+impl BackendMetrics {
+    pub fn new(pool: &str, backend: &str) -> Self {
+        let (p, b) = (pool.to_owned(), backend.to_owned());
+        Self {
+            tunnels_active: gauge!(names::TUNNELS_ACTIVE, "pool" => p.clone(), "backend" => b.clone()),
+            client_to_backend: counter!(names::TUNNEL_BYTES, "pool" => p.clone(), "backend" => b.clone(), "direction" => "client_to_backend"),
+            backend_to_client: counter!(names::TUNNEL_BYTES, "pool" => p.clone(), "backend" => b.clone(), "direction" => "backend_to_client"),
+            up: gauge!(names::BACKEND_UP, "pool" => p.clone(), "backend" => b.clone()),
+            pool: p,
+            backend: b,
+        }
+    }
+
+    /// Counts a failure seen by a handshake (`connect_refused`, `connect_timeout`,
+    /// `response_timeout`).
+    pub fn connect_failed(&self, reason: &'static str) {
+        counter!(
+            names::BACKEND_CONNECT_FAILURES,
+            "pool" => self.pool.clone(),
+            "backend" => self.backend.clone(),
+            "reason" => reason
+        )
+        .increment(1);
+    }
+}
+
+/// Process-wide figures the proxy publishes (relay counters, pipes, configuration).
+pub mod global {
+    use super::names;
+    use metrics::{counter, gauge};
+
+    /// Counts a failure of `backend` of `pool` seen by a handshake (rare: resolves the handle now).
+    pub fn backend_failure(pool: &str, backend: &str, reason: &'static str) {
+        counter!(
+            names::BACKEND_CONNECT_FAILURES,
+            "pool" => pool.to_owned(),
+            "backend" => backend.to_owned(),
+            "reason" => reason
+        )
+        .increment(1);
+    }
+
+    /// Sets the relay's process-wide totals (monotonic, read from the relay's own counters).
+    pub fn relay(
+        spliced: u64,
+        copied: u64,
+        fallbacks: u64,
+        pipes_in_use: usize,
+        pipes_idle: usize,
+    ) {
+        counter!(names::RELAY_BYTES, "mode" => "splice").absolute(spliced);
+        counter!(names::RELAY_BYTES, "mode" => "copy").absolute(copied);
+        counter!(names::RELAY_COPY_FALLBACKS).absolute(fallbacks);
+        gauge!(names::PIPES, "state" => "in_use").set(pipes_in_use as f64);
+        gauge!(names::PIPES, "state" => "idle").set(pipes_idle as f64);
+    }
+
+    /// A configuration was loaded (at start, or by a reload).
+    pub fn config_loaded(generation: u64, unix_seconds: u64) {
+        gauge!(names::CONFIG_GENERATION).set(generation as f64);
+        gauge!(names::CONFIG_LAST_RELOAD_SUCCESS).set(unix_seconds as f64);
+    }
+
+    /// A reload finished: `result` is `success` or `error`.
+    pub fn reload(result: &'static str) {
+        counter!(names::CONFIG_RELOADS, "result" => result).increment(1);
+    }
+
+    /// Readiness: accepting new connections or not.
+    pub fn ready(ready: bool) {
+        gauge!(names::READY).set(if ready { 1.0 } else { 0.0 });
+    }
+}
+
+#[cfg(test)]
+mod tests;
