@@ -113,6 +113,14 @@ async fn metrics_move_exactly_as_a_scripted_run_goes() {
     drop(b);
     let bad = raw_exchange(proxy.addr(), b"GET / HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Version: 13\r\n\r\n", SOON).await.unwrap();
     assert_eq!(bad.status, Some(400));
+    let plain = raw_exchange(
+        proxy.addr(),
+        b"GET /page HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+        SOON,
+    )
+    .await
+    .unwrap();
+    assert_eq!(plain.status, Some(200));
     proxy.reload(&toml).await.unwrap();
 
     assert!(
@@ -127,7 +135,7 @@ async fn metrics_move_exactly_as_a_scripted_run_goes() {
         value(&after, name, labels) - value(&before, name, labels)
     };
 
-    assert_eq!(delta("sluice_connections_accepted_total", &listener), 3.0);
+    assert_eq!(delta("sluice_connections_accepted_total", &listener), 4.0);
     assert_eq!(
         delta(
             "sluice_handshakes_total",
@@ -163,6 +171,11 @@ async fn metrics_move_exactly_as_a_scripted_run_goes() {
     );
     assert_eq!(delta("sluice_tunnel_duration_seconds", &pool), 2.0);
     assert_eq!(value(&after, "sluice_tunnels_active", &pool), 0.0);
+    assert_eq!(
+        delta("sluice_http_requests_total", &[pool[0], ("class", "2xx")]),
+        1.0
+    );
+    assert_eq!(delta("sluice_http_request_duration_seconds", &pool), 1.0);
     let up = delta(
         "sluice_tunnel_bytes_total",
         &[pool[0], ("direction", "client_to_backend")],

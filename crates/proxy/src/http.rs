@@ -82,10 +82,33 @@ pub(crate) async fn serve(
     loop {
         let started = Instant::now();
         let snapshot = shared.snapshot.load_full();
+        let mut routed = None;
         let result = exchange(
-            shared, &snapshot, listener, client, peer, &request, &mut buf,
+            shared,
+            &snapshot,
+            listener,
+            client,
+            peer,
+            &request,
+            &mut buf,
+            &mut routed,
         )
         .await;
+        // Requests that reached a pool, by status class (those refused before routing are in
+        // the listener's handshake counters).
+        let counted = match &result {
+            Ok(done) => Some(done.status),
+            Err(Failed { error, answered }) => error.status().filter(|_| !answered),
+        };
+        if let Some((metrics, status)) = routed
+            .and_then(|index| snapshot.pool_metrics(index))
+            .zip(counted)
+        {
+            metrics.http_request(status);
+            metrics
+                .http_request_duration
+                .record(started.elapsed().as_secs_f64());
+        }
         drop(snapshot);
         match result {
             Ok(done) => {
@@ -222,6 +245,9 @@ struct Plan<'a> {
 }
 
 /// One request, routed, forwarded and answered.
+// The client side (connection, peer, listener), the request (head, bytes after it) and where to
+// say which pool it reached: splitting them into structs would only rename the same eight.
+#[allow(clippy::too_many_arguments)]
 async fn exchange(
     shared: &Shared,
     snapshot: &Snapshot,
@@ -230,6 +256,7 @@ async fn exchange(
     peer: SocketAddr,
     request: &Request,
     buf: &mut BytesMut,
+    routed: &mut Option<usize>,
 ) -> Result<Done, Failed> {
     let config = snapshot.config();
     let (timeouts, limits) = (config.timeouts, config.limits);
@@ -237,6 +264,7 @@ async fn exchange(
         .listener(listener)
         .ok_or(HandshakeError::ListenerGone)?;
     let pool_index = listener.router().route(request)?;
+    *routed = Some(pool_index);
     let pool = snapshot
         .pool(pool_index)
         .ok_or(HandshakeError::ListenerGone)?;
