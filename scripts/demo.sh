@@ -25,6 +25,7 @@ cat <<MSG
          curl -i -H 'Connection: Upgrade' -H 'Upgrade: websocket' \\
               -H 'Sec-WebSocket-Version: 13' -H 'Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==' \\
               http://127.0.0.1:8080/chat
+  Status page: http://127.0.0.1:9090/   metrics: http://127.0.0.1:9090/metrics
   Ctrl-C stops everything.
 
 MSG

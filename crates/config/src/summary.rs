@@ -22,6 +22,7 @@ impl Config {
     /// timeouts  handshake 5s, connect 3s, response 10s, tunnel_idle 1h, shutdown 30s (spread 5s)
     /// limits    max_head_bytes 16384, max_headers 100, max_connections from the open-file limit
     /// relay     auto, pipe_size 65536, max_pipes 1024, buffer_size 16384
+    /// admin     127.0.0.1:9090 (no token)
     /// ```
     pub fn summary(&self) -> String {
         let mut out = String::new();
@@ -195,7 +196,20 @@ impl Config {
         if let Some(d) = r.tcp_user_timeout {
             write!(out, ", tcp_user_timeout {}", human(d))?;
         }
-        writeln!(out)
+        writeln!(out)?;
+        match &self.admin {
+            Some(a) => writeln!(
+                out,
+                "admin     {} ({})",
+                a.listen,
+                if a.token.is_some() {
+                    "token required"
+                } else {
+                    "no token"
+                }
+            ),
+            None => writeln!(out, "admin     off"),
+        }
     }
 }
 

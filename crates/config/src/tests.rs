@@ -1140,7 +1140,8 @@ pools (2)
   chat  least_conn  2 backends  connect_attempts 3
 timeouts  handshake 5s, connect 3s, response 10s, tunnel_idle off, shutdown 30s (spread 5s)
 limits    max_head_bytes 16384, max_headers 100, max_connections 500
-relay     auto, pipe_size 65536, max_pipes 1024, buffer_size 16384"
+relay     auto, pipe_size 65536, max_pipes 1024, buffer_size 16384
+admin     off"
     );
 }
 
