@@ -9,10 +9,12 @@ mod backends;
 mod health;
 mod hostile;
 mod http;
+mod l4;
 mod relay;
 mod reload;
 mod routing;
 mod sticky;
+mod tls;
 mod websocket;
 
 use std::time::Duration;

@@ -100,6 +100,12 @@ fn main() -> ExitCode {
 fn check(path: &std::path::Path) -> ExitCode {
     match sluice_config::load(path) {
         Ok(config) => {
+            // Certificates are read as a start would read them.
+            let tls = sluice_proxy::check_tls(&config);
+            if !tls.is_empty() {
+                eprintln!("{}: TLS certificates:\n{}", path.display(), tls.join("\n"));
+                return ExitCode::from(EXIT_CONFIG);
+            }
             println!("{}: valid\n{}", path.display(), config.summary());
             ExitCode::SUCCESS
         }

@@ -23,7 +23,8 @@ const STICKY_COOKIE: Keys = Keys {
     later: &[],
 };
 
-const HASH_KEY_FORMS: &str = "\"cookie:NAME\", \"header:NAME\", \"query:NAME\" or \"source_ip\"";
+const HASH_KEY_FORMS: &str =
+    "\"cookie:NAME\", \"header:NAME\", \"query:NAME\", \"source_ip\" or \"four_tuple\"";
 
 /// How a pool chooses its backends.
 pub(crate) struct Balancing {
@@ -293,15 +294,19 @@ fn sticky_cookie(r: &mut Reader<'_>, item: Item<'_, '_>) -> Option<StickyCookie>
     })
 }
 
-/// `cookie:NAME`, `header:NAME`, `query:NAME` or `source_ip`.
+/// `cookie:NAME`, `header:NAME`, `query:NAME`, `source_ip` or `four_tuple`.
 pub(crate) fn hash_key(text: &str) -> Result<HashKey, String> {
-    const KINDS: [&str; 4] = ["cookie", "header", "query", "source_ip"];
+    const KINDS: [&str; 5] = ["cookie", "header", "query", "source_ip", "four_tuple"];
     let (kind, name) = match text.split_once(':') {
         Some((kind, name)) => (kind, Some(name)),
         None => (text, None),
     };
     match (kind, name) {
         ("source_ip", None) => Ok(HashKey::SourceIp),
+        ("four_tuple", None) => Ok(HashKey::FourTuple),
+        ("four_tuple", Some(_)) => Err(format!(
+            "invalid hash key \"{text}\": four_tuple takes no name; write \"four_tuple\""
+        )),
         ("source_ip", Some(_)) => Err(format!(
             "invalid hash key \"{text}\": source_ip takes no name; write \"source_ip\""
         )),
@@ -485,6 +490,7 @@ mod tests {
         );
         assert_eq!(key("query:room.id"), Some(HashKey::Query("room.id".into())));
         assert_eq!(key("source_ip"), Some(HashKey::SourceIp));
+        assert_eq!(key("four_tuple"), Some(HashKey::FourTuple));
         assert_eq!(
             HashKey::Header("x-session".into()).to_string(),
             "header:x-session"
@@ -494,11 +500,11 @@ mod tests {
         let bad = |text: &str| error(&format!("balance = \"hash\"\nhash_key = \"{text}\"\n"));
         assert_eq!(
             bad("ip"),
-            "t.toml:11:12: pools.main.hash_key: unknown hash key \"ip\"; expected \"cookie:NAME\", \"header:NAME\", \"query:NAME\" or \"source_ip\""
+            "t.toml:11:12: pools.main.hash_key: unknown hash key \"ip\"; expected \"cookie:NAME\", \"header:NAME\", \"query:NAME\", \"source_ip\" or \"four_tuple\""
         );
         assert_eq!(
             bad("cookies:s"),
-            "t.toml:11:12: pools.main.hash_key: unknown hash key \"cookies:s\" (did you mean \"cookie\"?); expected \"cookie:NAME\", \"header:NAME\", \"query:NAME\" or \"source_ip\""
+            "t.toml:11:12: pools.main.hash_key: unknown hash key \"cookies:s\" (did you mean \"cookie\"?); expected \"cookie:NAME\", \"header:NAME\", \"query:NAME\", \"source_ip\" or \"four_tuple\""
         );
         assert_eq!(
             bad("cookie"),
@@ -530,7 +536,7 @@ mod tests {
     fn hash_needs_its_key_and_its_keys_need_hash() {
         assert_eq!(
             error("balance = \"hash\"\n"),
-            "t.toml:9:1: pools.main.hash_key: required key is missing; expected what balance = \"hash\" hashes: \"cookie:NAME\", \"header:NAME\", \"query:NAME\" or \"source_ip\""
+            "t.toml:9:1: pools.main.hash_key: required key is missing; expected what balance = \"hash\" hashes: \"cookie:NAME\", \"header:NAME\", \"query:NAME\", \"source_ip\" or \"four_tuple\""
         );
         assert_eq!(
             errors(
@@ -547,7 +553,7 @@ mod tests {
             errors("balance = \"hashing\"\nhash_key = \"ip\"\n"),
             [
                 "t.toml:10:11: pools.main.balance: unknown value \"hashing\"; expected one of \"round_robin\", \"least_conn\", \"random_two\", \"hash\" (did you mean \"hash\"?)",
-                "t.toml:11:12: pools.main.hash_key: unknown hash key \"ip\"; expected \"cookie:NAME\", \"header:NAME\", \"query:NAME\" or \"source_ip\"",
+                "t.toml:11:12: pools.main.hash_key: unknown hash key \"ip\"; expected \"cookie:NAME\", \"header:NAME\", \"query:NAME\", \"source_ip\" or \"four_tuple\"",
             ]
         );
     }

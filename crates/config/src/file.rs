@@ -15,8 +15,8 @@ use crate::defaults;
 use crate::health;
 use crate::matchers;
 use crate::model::{
-    Backend, Config, HeaderMatch, Limits, Listener, ListenerMode, Pool, Relay, RelayMode, Route,
-    TcpKeepalive, Timeouts,
+    Backend, CertificatePaths, Config, HeaderMatch, Limits, Listener, ListenerMode, ListenerTls,
+    Pool, Relay, RelayMode, Route, SniRoute, TcpKeepalive, Timeouts,
 };
 use crate::read::{Item, Keys, Reader, Table, Value, checked, did_you_mean, quoted_list};
 
@@ -40,9 +40,43 @@ const LISTENER: Keys = Keys {
         "mode",
         "unknown_host_status",
         "trusted_proxies",
+        "pool",
+        "default_pool",
+        "sni_routes",
+        "proxy_protocol",
+        "tls",
     ],
-    later: &[("tls", "TLS termination comes in a later release")],
+    later: &[],
 };
+
+const TLS: Keys = Keys {
+    known: &["certificates"],
+    later: &[],
+};
+
+const CERTIFICATE: Keys = Keys {
+    known: &["cert", "key"],
+    later: &[],
+};
+
+const SNI_ROUTE: Keys = Keys {
+    known: &["sni", "pool"],
+    later: &[],
+};
+
+/// Listener keys that only some modes read, and which.
+const MODE_KEYS: [(&str, &[ListenerMode]); 7] = [
+    ("tls", &[ListenerMode::Http]),
+    ("unknown_host_status", &[ListenerMode::Http]),
+    ("trusted_proxies", &[ListenerMode::Http]),
+    ("pool", &[ListenerMode::Tcp]),
+    ("default_pool", &[ListenerMode::TlsPassthrough]),
+    ("sni_routes", &[ListenerMode::TlsPassthrough]),
+    (
+        "proxy_protocol",
+        &[ListenerMode::Tcp, ListenerMode::TlsPassthrough],
+    ),
+];
 
 const ROUTE: Keys = Keys {
     known: &[
@@ -138,9 +172,21 @@ const NAME: &str = "a name such as \"public\"";
 pub(crate) fn config(r: &mut Reader<'_>, root: &Value<'_>) -> Option<Config> {
     let root = Item::root(root).table(r, &ROOT)?;
 
-    let (listeners, listener_names) = listeners(r, &root);
     let (pools, pool_names) = pools(r, &root);
-    let routes = routes(r, &root, listener_names.as_deref(), pool_names.as_deref());
+    let (listeners, listener_names) = listeners(r, &root, pool_names.as_deref());
+    let l4: Vec<(String, ListenerMode)> = listeners
+        .iter()
+        .flatten()
+        .filter(|l| l.mode != ListenerMode::Http)
+        .map(|l| (l.name.clone(), l.mode))
+        .collect();
+    let routes = routes(
+        r,
+        &root,
+        listener_names.as_deref(),
+        pool_names.as_deref(),
+        &l4,
+    );
     let timeouts = match root.get("timeouts") {
         Some(item) => timeouts(r, item),
         None => Some(Timeouts::default()),
@@ -182,6 +228,7 @@ struct Declared {
 fn listeners(
     r: &mut Reader<'_>,
     root: &Table<'_, '_>,
+    pools: Option<&[String]>,
 ) -> (Option<Vec<Listener>>, Option<Vec<String>>) {
     let Some(item) = root.require(r, "listeners", "at least one [[listeners]] table") else {
         return (None, None);
@@ -201,7 +248,7 @@ fn listeners(
     let all = collect(
         items
             .into_iter()
-            .map(|item| listener(r, item, &mut names, &mut addrs)),
+            .map(|item| listener(r, item, &mut names, &mut addrs, pools)),
     );
     (
         all.filter(|all| !all.is_empty()),
@@ -214,6 +261,7 @@ fn listener(
     item: Item<'_, '_>,
     names: &mut Vec<Declared>,
     addrs: &mut Vec<(SocketAddr, Range<usize>)>,
+    pools: Option<&[String]>,
 ) -> Option<Listener> {
     let t = item.table(r, &LISTENER)?;
 
@@ -267,16 +315,61 @@ fn listener(
     let mode = t.optional("mode", defaults::LISTENER_MODE, |item| {
         item.choice(
             r,
-            &[("http", ListenerMode::Http)],
             &[
-                ("tcp", "tcp listeners come in a later release"),
-                (
-                    "tls-passthrough",
-                    "tls-passthrough listeners come in a later release",
-                ),
+                ("http", ListenerMode::Http),
+                ("tcp", ListenerMode::Tcp),
+                ("tls-passthrough", ListenerMode::TlsPassthrough),
             ],
+            &[],
         )
     });
+    // Keys of other modes are mistakes, not silently ignored settings.
+    if let Some(mode) = mode {
+        for (key, modes) in MODE_KEYS {
+            if let Some(item) = t.get(key)
+                && !modes.contains(&mode)
+            {
+                let which: Vec<&str> = modes.iter().map(|m| m.as_str()).collect();
+                r.report(
+                    &item,
+                    format_args!(
+                        "{key} applies to {} listeners only; this listener's mode is \"{}\"",
+                        which.join(" and "),
+                        mode.as_str()
+                    ),
+                );
+            }
+        }
+    }
+    let pool = match mode {
+        Some(ListenerMode::Tcp) => t
+            .require(r, "pool", "the name of the pool every connection goes to")
+            .and_then(|item| reference(r, &item, "pool", pools))
+            .map(Some),
+        Some(ListenerMode::TlsPassthrough) => t.optional("default_pool", None, |item| {
+            reference(r, &item, "pool", pools).map(Some)
+        }),
+        _ => Some(None),
+    };
+    let sni_routes = t.optional("sni_routes", Vec::new(), |item| {
+        item.array(
+            r,
+            "an array of routes by server name, such as [{ sni = \"chat.example.com\", pool = \"chat\" }]",
+        )
+        .and_then(|items| collect(items.into_iter().map(|item| sni_route(r, item, pools))))
+    });
+    if mode == Some(ListenerMode::TlsPassthrough)
+        && t.get("sni_routes").is_none()
+        && t.get("default_pool").is_none()
+        && let Some(item) = t.get("mode")
+    {
+        r.report(
+            &item,
+            "a tls-passthrough listener needs sni_routes, a default_pool, or both",
+        );
+    }
+    let proxy_protocol = t.optional("proxy_protocol", false, |item| item.bool(r));
+    let tls = t.optional("tls", None, |item| listener_tls(r, item).map(Some));
 
     let unknown_host_status = t.optional(
         "unknown_host_status",
@@ -310,6 +403,70 @@ fn listener(
         mode: mode?,
         unknown_host_status: unknown_host_status?,
         trusted_proxies: trusted_proxies?,
+        pool: pool?,
+        sni_routes: sni_routes?,
+        proxy_protocol: proxy_protocol?,
+        tls: tls?,
+    })
+}
+
+/// `tls = { certificates = [{ cert = "a.pem", key = "a.key" }, ...] }`.
+fn listener_tls(r: &mut Reader<'_>, item: Item<'_, '_>) -> Option<ListenerTls> {
+    let t = item.table(r, &TLS)?;
+    let item = t.require(
+        r,
+        "certificates",
+        "an array such as [{ cert = \"chat.pem\", key = \"chat.key\" }]",
+    )?;
+    let items = item.array(
+        r,
+        "an array such as [{ cert = \"chat.pem\", key = \"chat.key\" }]",
+    )?;
+    if items.is_empty() {
+        r.report(&item, "at least one certificate is required");
+        return None;
+    }
+    let certificates = collect(items.into_iter().map(|item| {
+        let t = item.table(r, &CERTIFICATE)?;
+        let mut path = |key: &str, what: &str| {
+            t.require(r, key, what).and_then(|item| {
+                let text = item.str(r)?;
+                if text.is_empty() {
+                    r.report(&item, "a path cannot be empty");
+                    return None;
+                }
+                Some(std::path::PathBuf::from(text))
+            })
+        };
+        let cert = path("cert", "the path of a PEM certificate chain");
+        let key = path("key", "the path of its PEM private key");
+        Some(CertificatePaths {
+            cert: cert?,
+            key: key?,
+        })
+    }))?;
+    Some(ListenerTls { certificates })
+}
+
+/// `{ sni = "chat.example.com", pool = "chat" }` (or `sni = "*.example.com"`).
+fn sni_route(r: &mut Reader<'_>, item: Item<'_, '_>, pools: Option<&[String]>) -> Option<SniRoute> {
+    let t = item.table(r, &SNI_ROUTE)?;
+    let sni = t
+        .require(
+            r,
+            "sni",
+            "a server name such as \"chat.example.com\" or \"*.example.com\"",
+        )
+        .and_then(|item| {
+            let text = item.str(r)?;
+            checked(r, &item, matchers::host(text))
+        });
+    let pool = t
+        .require(r, "pool", "the name of a pool")
+        .and_then(|item| reference(r, &item, "pool", pools));
+    Some(SniRoute {
+        sni: sni?,
+        pool: pool?,
     })
 }
 
@@ -483,6 +640,7 @@ fn routes(
     root: &Table<'_, '_>,
     listeners: Option<&[String]>,
     pools: Option<&[String]>,
+    l4: &[(String, ListenerMode)],
 ) -> Option<Vec<Route>> {
     let Some(item) = root.get("routes") else {
         return Some(Vec::new());
@@ -491,7 +649,7 @@ fn routes(
     collect(
         items
             .into_iter()
-            .map(|item| route(r, item, listeners, pools)),
+            .map(|item| route(r, item, listeners, pools, l4)),
     )
 }
 
@@ -500,12 +658,31 @@ fn route(
     item: Item<'_, '_>,
     listeners: Option<&[String]>,
     pools: Option<&[String]>,
+    l4: &[(String, ListenerMode)],
 ) -> Option<Route> {
     let t = item.table(r, &ROUTE)?;
 
     let listener = t
         .require(r, "listener", "the name of a listener")
-        .and_then(|item| reference(r, &item, "listener", listeners));
+        .and_then(|item| {
+            let name = reference(r, &item, "listener", listeners)?;
+            if let Some((_, mode)) = l4.iter().find(|(l, _)| *l == name) {
+                let how = match mode {
+                    ListenerMode::TlsPassthrough => "its sni_routes and default_pool",
+                    _ => "its pool",
+                };
+                r.report(
+                    &item,
+                    format_args!(
+                        "routes apply to http listeners only; \"{name}\" is a {} listener, \
+                         routed by {how}",
+                        mode.as_str()
+                    ),
+                );
+                return None;
+            }
+            Some(name)
+        });
 
     let host = t.optional("host", None, |item| {
         item.str(r)

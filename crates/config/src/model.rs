@@ -62,6 +62,41 @@ pub struct Listener {
     /// Peers whose `X-Forwarded-For` chain is trusted and appended to. From any other peer,
     /// incoming `X-Forwarded-*` headers are replaced. Empty (the default) trusts nobody.
     pub trusted_proxies: Vec<IpNet>,
+    /// `tcp`: the pool every connection goes to (`pool`, always set). `tls-passthrough`: the
+    /// pool of clients whose server name matches no `sni_routes` entry or who send none
+    /// (`default_pool`); `None`: they are closed. `http`: always `None`.
+    pub pool: Option<String>,
+    /// `tls-passthrough`: pools by server name, in file order (exact names first, then the
+    /// longest matching wildcard). Empty for the other modes.
+    pub sni_routes: Vec<SniRoute>,
+    /// `tcp` and `tls-passthrough`: send a PROXY protocol v2 header to the backend before the
+    /// client's bytes, carrying the client's address. Off by default.
+    pub proxy_protocol: bool,
+    /// `http`: terminate TLS with these certificates. `None` (the default): plain TCP.
+    pub tls: Option<ListenerTls>,
+}
+
+/// TLS termination on an `http` listener.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ListenerTls {
+    /// At least one; chosen by the client's server name (exact, then wildcard names of each
+    /// certificate); the first is the default for names none covers and clients sending none.
+    pub certificates: Vec<CertificatePaths>,
+}
+
+/// A certificate chain and its private key, PEM files (paths as written: relative ones are
+/// relative to sluice's working directory). Read when the configuration is applied.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CertificatePaths {
+    pub cert: std::path::PathBuf,
+    pub key: std::path::PathBuf,
+}
+
+/// A `tls-passthrough` listener's route: clients asking for this server name go to this pool.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SniRoute {
+    pub sni: HostMatch,
+    pub pool: String,
 }
 
 /// What a listener speaks.
@@ -69,6 +104,23 @@ pub struct Listener {
 pub enum ListenerMode {
     /// HTTP/1.1: the L7 act (WebSocket upgrade, routing), then the L4 relay.
     Http,
+    /// Plain TCP: nothing is parsed; each connection goes to a backend of the listener's pool
+    /// and is relayed (spliced).
+    Tcp,
+    /// TLS pass-through: the ClientHello is read (never decrypted) for its server name, which
+    /// picks the pool; the bytes are replayed to the backend and the rest is relayed.
+    TlsPassthrough,
+}
+
+impl ListenerMode {
+    /// The name used in the configuration file: `"http"`, `"tcp"`, `"tls-passthrough"`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ListenerMode::Http => "http",
+            ListenerMode::Tcp => "tcp",
+            ListenerMode::TlsPassthrough => "tls-passthrough",
+        }
+    }
 }
 
 /// A rule sending matching requests of one listener to one pool. Every present matcher must
@@ -306,6 +358,10 @@ pub enum HashKey {
     Query(String),
     /// `source_ip`: the client's address. Every client behind one NAT shares it.
     SourceIp,
+    /// `four_tuple`: the client's address and port and the listener's address and port: every
+    /// connection its own key (`tcp` and `tls-passthrough` listeners; on `http` listeners no
+    /// request has it, so the fallback places them).
+    FourTuple,
 }
 
 impl std::fmt::Display for HashKey {
@@ -316,6 +372,7 @@ impl std::fmt::Display for HashKey {
             HashKey::Header(name) => write!(f, "header:{name}"),
             HashKey::Query(name) => write!(f, "query:{name}"),
             HashKey::SourceIp => f.write_str("source_ip"),
+            HashKey::FourTuple => f.write_str("four_tuple"),
         }
     }
 }

@@ -35,17 +35,27 @@ impl Config {
     fn write_summary(&self, out: &mut String) -> std::fmt::Result {
         writeln!(out, "listeners ({})", self.listeners.len())?;
         for l in &self.listeners {
-            let mode = match l.mode {
-                ListenerMode::Http => "http",
+            let mode = l.mode.as_str();
+            let routes = match l.mode {
+                ListenerMode::Http => plural(self.routes_for(&l.name).count(), "route"),
+                ListenerMode::Tcp => format!("pool {}", l.pool.as_deref().unwrap_or("-")),
+                ListenerMode::TlsPassthrough => format!(
+                    "{}, default pool {}",
+                    plural(l.sni_routes.len(), "sni route"),
+                    l.pool.as_deref().unwrap_or("none (close)")
+                ),
             };
-            let routes = self.routes_for(&l.name).count();
-            write!(
-                out,
-                "  {}  {}  {mode}  {}",
-                l.name,
-                l.listen,
-                plural(routes, "route")
-            )?;
+            write!(out, "  {}  {}  {mode}  {routes}", l.name, l.listen)?;
+            if l.proxy_protocol {
+                write!(out, "  proxy_protocol v2")?;
+            }
+            if let Some(tls) = &l.tls {
+                write!(
+                    out,
+                    "  tls {}",
+                    plural(tls.certificates.len(), "certificate")
+                )?;
+            }
             if !l.trusted_proxies.is_empty() {
                 write!(
                     out,

@@ -67,6 +67,10 @@ fn a_minimal_file_parses_with_defaults() {
                 mode: ListenerMode::Http,
                 unknown_host_status: 404,
                 trusted_proxies: vec![],
+                pool: None,
+                sni_routes: vec![],
+                proxy_protocol: false,
+                tls: None,
             }],
             routes: vec![Route {
                 listener: "public".into(),
@@ -329,7 +333,7 @@ lisen = "x"
 [[listeners]]
 name = "public"
 listen = "127.0.0.1:8081"
-mode = "tcp"
+mode = "udp"
 
 [[routes]]
 listener = "pubic"
@@ -360,7 +364,7 @@ mode = "zero-copy"
             "t.toml:3:10: listeners[0].listen: invalid address \"127.0.0.1:80800\": invalid port \"80800\"; expected a number from 0 to 65535",
             "t.toml:4:1: listeners[0].lisen: unknown key; did you mean \"listen\"?",
             "t.toml:7:8: listeners[1].name: duplicate listener name \"public\" (first used on line 2)",
-            "t.toml:9:8: listeners[1].mode: \"tcp\" is not supported yet (tcp listeners come in a later release); expected one of \"http\"",
+            "t.toml:9:8: listeners[1].mode: unknown value \"udp\"; expected one of \"http\", \"tcp\", \"tls-passthrough\"",
             "t.toml:12:12: routes[0].listener: no listener named \"pubic\"; did you mean \"public\"?",
             "t.toml:14:15: routes[0].path_prefix: invalid path \"chat\": a path must start with '/', as in \"/chat\"",
             "t.toml:17:11: pools.chat.balance: unknown value \"rand\"; expected one of \"round_robin\", \"least_conn\", \"random_two\", \"hash\" (did you mean \"random_two\"?)",
@@ -427,8 +431,9 @@ fn listeners_and_pools_are_required() {
     assert_eq!(
         errors(""),
         [
-            "t.toml:1:1: listeners: required key is missing; expected at least one [[listeners]] table",
+            // Pools are read first (listeners refer to them); errors at one position keep that order.
             "t.toml:1:1: pools: required key is missing; expected at least one pool, such as [pools.main] with backends = [\"127.0.0.1:9001\"]",
+            "t.toml:1:1: listeners: required key is missing; expected at least one [[listeners]] table",
         ]
     );
     assert_eq!(
@@ -498,7 +503,7 @@ fn unknown_keys_are_reported_everywhere() {
     );
     assert_eq!(
         error(&BASE.replace("listen = ", "tls = {}\nlisten = ")),
-        "t.toml:3:1: listeners[0].tls: not supported yet (TLS termination comes in a later release)"
+        "t.toml:3:7: listeners[0].tls.certificates: required key is missing; expected an array such as [{ cert = \"chat.pem\", key = \"chat.key\" }]"
     );
     assert_eq!(
         error(&BASE.replace("backends = ", "hash_key = \"cookie:s\"\nbackends = ")),
@@ -600,12 +605,15 @@ fn listener_rules() {
     ));
 
     assert_eq!(
-        error(&BASE.replace("listen = ", "mode = \"tls-passthrough\"\nlisten = ")),
-        "t.toml:3:8: listeners[0].mode: \"tls-passthrough\" is not supported yet (tls-passthrough listeners come in a later release); expected one of \"http\""
+        errors(&BASE.replace("listen = ", "mode = \"tls-passthrough\"\nlisten = ")),
+        [
+            "t.toml:3:8: listeners[0].mode: a tls-passthrough listener needs sni_routes, a default_pool, or both",
+            "t.toml:7:12: routes[0].listener: routes apply to http listeners only; \"public\" is a tls-passthrough listener, routed by its sni_routes and default_pool",
+        ]
     );
     assert_eq!(
         error(&BASE.replace("listen = ", "mode = \"HTTP\"\nlisten = ")),
-        "t.toml:3:8: listeners[0].mode: unknown value \"HTTP\"; expected one of \"http\" (did you mean \"http\"?)"
+        "t.toml:3:8: listeners[0].mode: unknown value \"HTTP\"; expected one of \"http\", \"tcp\", \"tls-passthrough\" (did you mean \"http\"?)"
     );
 }
 
@@ -825,7 +833,7 @@ fn pool_rules() {
         error(&pool(
             "balance = \"hash\"\nbackends = [\"127.0.0.1:9001\"]\n"
         )),
-        "t.toml:9:1: pools.main.hash_key: required key is missing; expected what balance = \"hash\" hashes: \"cookie:NAME\", \"header:NAME\", \"query:NAME\" or \"source_ip\""
+        "t.toml:9:1: pools.main.hash_key: required key is missing; expected what balance = \"hash\" hashes: \"cookie:NAME\", \"header:NAME\", \"query:NAME\", \"source_ip\" or \"four_tuple\""
     );
     assert_eq!(
         error(&pool(
@@ -1307,5 +1315,122 @@ fn plain_http_settings_default_and_parse() {
     assert!(
         e.contains("limits.max_body_bytes: -1 is out of range; expected at least 0"),
         "{e}"
+    );
+}
+
+#[test]
+fn l4_listeners_and_tls_termination() {
+    let text = r#"[[listeners]]
+name = "raw"
+listen = "127.0.0.1:7000"
+mode = "tcp"
+pool = "main"
+proxy_protocol = true
+
+[[listeners]]
+name = "pass"
+listen = "127.0.0.1:7443"
+mode = "tls-passthrough"
+sni_routes = [{ sni = "Chat.Example.com", pool = "main" }, { sni = "*.example.org", pool = "other" }]
+default_pool = "other"
+
+[[listeners]]
+name = "public"
+listen = "127.0.0.1:8443"
+tls = { certificates = [{ cert = "a.pem", key = "a.key" }] }
+
+[[routes]]
+listener = "public"
+pool = "main"
+
+[pools.main]
+balance = "hash"
+hash_key = "four_tuple"
+backends = ["127.0.0.1:9001"]
+
+[pools.other]
+backends = ["127.0.0.1:9002"]
+"#;
+    let config = ok(text);
+    let (raw, pass, public) = (
+        &config.listeners[0],
+        &config.listeners[1],
+        &config.listeners[2],
+    );
+    assert_eq!(raw.mode, ListenerMode::Tcp);
+    assert_eq!(raw.pool.as_deref(), Some("main"));
+    assert!(raw.proxy_protocol);
+    assert_eq!(pass.mode, ListenerMode::TlsPassthrough);
+    assert_eq!(pass.pool.as_deref(), Some("other"));
+    assert_eq!(
+        pass.sni_routes,
+        vec![
+            SniRoute {
+                sni: HostMatch::Exact("chat.example.com".into()),
+                pool: "main".into()
+            },
+            SniRoute {
+                sni: HostMatch::Wildcard(".example.org".into()),
+                pool: "other".into()
+            },
+        ]
+    );
+    assert_eq!(
+        public.tls,
+        Some(ListenerTls {
+            certificates: vec![CertificatePaths {
+                cert: "a.pem".into(),
+                key: "a.key".into()
+            }]
+        })
+    );
+    assert_eq!(
+        config.pools[0].hash.as_ref().map(|h| h.key.clone()),
+        Some(HashKey::FourTuple)
+    );
+
+    // Errors: keys of another mode, a missing pool, unknown pools, routes on an L4 listener.
+    assert_eq!(
+        errors(
+            r#"[[listeners]]
+name = "raw"
+listen = "127.0.0.1:7000"
+mode = "tcp"
+sni_routes = []
+tls = { certificates = [] }
+
+[[listeners]]
+name = "pass"
+listen = "127.0.0.1:7443"
+mode = "tls-passthrough"
+sni_routes = [{ sni = "a.example", pool = "mian" }]
+pool = "main"
+
+[[listeners]]
+name = "web"
+listen = "127.0.0.1:8080"
+proxy_protocol = true
+
+[[routes]]
+listener = "raw"
+pool = "main"
+
+[pools.main]
+backends = ["127.0.0.1:9001"]
+"#
+        ),
+        [
+            "t.toml:1:1: listeners[0].pool: required key is missing; expected the name of the pool every connection goes to",
+            "t.toml:5:14: listeners[0].sni_routes: sni_routes applies to tls-passthrough listeners only; this listener's mode is \"tcp\"",
+            "t.toml:6:7: listeners[0].tls: tls applies to http listeners only; this listener's mode is \"tcp\"",
+            "t.toml:6:24: listeners[0].tls.certificates: at least one certificate is required",
+            "t.toml:12:43: listeners[1].sni_routes[0].pool: no pool named \"mian\"; did you mean \"main\"?",
+            "t.toml:13:8: listeners[1].pool: pool applies to tcp listeners only; this listener's mode is \"tls-passthrough\"",
+            "t.toml:18:18: listeners[2].proxy_protocol: proxy_protocol applies to tcp and tls-passthrough listeners only; this listener's mode is \"http\"",
+        ]
+    );
+    assert_eq!(
+        error(&BASE.replace("listen = ", "mode = \"tcp\"\npool = \"main\"\nlisten = ")),
+        "t.toml:8:12: routes[0].listener: routes apply to http listeners only; \"public\" is a tcp listener, routed by its pool"
     );
 }

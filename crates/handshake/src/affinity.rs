@@ -76,6 +76,8 @@ pub fn affinity_key<'r>(req: &'r Request, key: &HashKey, peer: IpAddr) -> Option
         HashKey::Header(name) => req.header(name)?,
         HashKey::Query(name) => query_param(req, name)?.as_bytes(),
         HashKey::SourceIp => return Some(AffinityKey::ip(peer)),
+        // A connection-level key: the L4 listeners compute it; a request never has it.
+        HashKey::FourTuple => return None,
     };
     (!value.is_empty()).then_some(AffinityKey::Value(value))
 }

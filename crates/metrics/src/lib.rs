@@ -78,7 +78,7 @@ catalogue! {
     ACCEPT_ERRORS = "sluice_accept_errors_total", Counter, None, ["listener"], None,
         "Errors returned by accept (descriptor exhaustion and others); each pauses the accept loop.";
     HANDSHAKES = "sluice_handshakes_total", Counter, None, ["listener", "outcome", "status"], None,
-        "Handshakes by outcome (upgraded, rejected, backend_failed, abandoned, answered) and HTTP status sent (none when nothing was answered).";
+        "Handshakes by outcome (upgraded, rejected, backend_failed, abandoned, answered; relayed: a tcp or tls-passthrough connection handed to the relay; tls_failed, tls_timeout: a TLS handshake of a tls listener) and HTTP status sent (none when nothing was answered).";
     HANDSHAKE_DURATION = "sluice_handshake_duration_seconds", Histogram, Some(Unit::Seconds), ["listener"], Some(LATENCY_BUCKETS),
         "From accept until the backend's 101 was relayed to the client.";
     BACKEND_CONNECT_DURATION = "sluice_backend_connect_duration_seconds", Histogram, Some(Unit::Seconds), ["pool"], Some(LATENCY_BUCKETS),

@@ -18,7 +18,9 @@ use tracing::{Instrument, debug, debug_span, warn};
 
 use sluice_metrics::ListenerMetrics;
 
-use crate::{BindError, BoundListener, Shared, conn};
+use sluice_config::ListenerMode;
+
+use crate::{BindError, BoundListener, Shared, conn, l4};
 
 /// Backlog asked of the kernel (capped by `net.core.somaxconn`).
 const BACKLOG: i32 = 4096;
@@ -107,12 +109,23 @@ fn admit(
     peer: SocketAddr,
     connections: &TaskTracker,
 ) {
+    // The mode in force now: a reload may change it, for connections accepted after it.
+    let (mode, tls) = shared
+        .snapshot
+        .load()
+        .listener(listener)
+        .map_or((ListenerMode::Http, false), |l| {
+            (l.config().mode, l.tls().is_some())
+        });
     let Ok(permit) = Arc::clone(&shared.connections).try_acquire_owned() else {
         shared.stats.count_refused_over_limit();
         metrics.refused.increment(1);
         debug!(listener = %listener, %peer, "connection limit reached: refused");
-        // Best effort and never waiting: the socket is fresh, its send buffer empty.
-        let _ = stream.try_write(OVER_LIMIT);
+        // Best effort and never waiting: the socket is fresh, its send buffer empty. Only a
+        // plain HTTP client can read the answer; TLS and L4 clients are just closed.
+        if mode == ListenerMode::Http && !tls {
+            let _ = stream.try_write(OVER_LIMIT);
+        }
         return;
     };
     shared.stats.count_accepted();
@@ -121,17 +134,13 @@ fn admit(
         .next_conn_id
         .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     let span = debug_span!("conn", id, %peer, listener = %listener);
-    connections.spawn(
-        conn::serve(
-            Arc::clone(shared),
-            id,
-            Arc::clone(listener),
-            stream,
-            peer,
-            permit,
-        )
-        .instrument(span),
-    );
+    let (shared, listener) = (Arc::clone(shared), Arc::clone(listener));
+    match mode {
+        ListenerMode::Http => connections
+            .spawn(conn::serve(shared, id, listener, stream, peer, permit).instrument(span)),
+        ListenerMode::Tcp | ListenerMode::TlsPassthrough => connections
+            .spawn(l4::serve(shared, id, listener, stream, peer, permit).instrument(span)),
+    };
 }
 
 /// Errors about one connection that died in the accept queue: nothing to pause for.

@@ -31,6 +31,7 @@ use tracing::{debug, warn};
 use crate::Shared;
 use crate::http::{self, UpgradeRequest};
 use crate::snapshot::{Snapshot, canonical};
+use crate::stream::ClientStream;
 use crate::tunnels::Bytes;
 
 /// How long a rejected client may keep sending before its connection is closed anyway.
@@ -47,7 +48,7 @@ pub(crate) async fn serve(
     shared: Arc<Shared>,
     id: u64,
     listener: Arc<str>,
-    mut client: TcpStream,
+    tcp: TcpStream,
     peer: SocketAddr,
     _permit: OwnedSemaphorePermit,
 ) {
@@ -58,6 +59,41 @@ pub(crate) async fn serve(
     let _active = listener_metrics
         .as_ref()
         .map(|m| GaugeGuard::new(&m.active));
+    // TLS termination first, within the handshake deadline, with this snapshot's certificates.
+    let tls = snapshot
+        .listener(&listener)
+        .and_then(|l| l.tls())
+        .map(Arc::clone);
+    let mut client = match tls {
+        None => ClientStream::Plain(tcp),
+        Some(config) => {
+            // Boxed: the handshake state is large and must not grow every connection's future.
+            let accept = Box::pin(tokio_rustls::TlsAcceptor::from(config).accept(tcp));
+            let accepted = tokio::select! {
+                accepted = tokio::time::timeout(snapshot.config().timeouts.handshake, accept) => accepted,
+                () = shared.stop_tunnels.cancelled() => return,
+            };
+            match accepted {
+                Ok(Ok(tls)) => ClientStream::Tls(Box::new(tls)),
+                Ok(Err(error)) => {
+                    shared.stats.count_rejected();
+                    if let Some(listener) = &listener_metrics {
+                        listener.handshake("tls_failed", None);
+                    }
+                    debug!(%error, "TLS handshake failed");
+                    return;
+                }
+                Err(_) => {
+                    shared.stats.count_abandoned();
+                    if let Some(listener) = &listener_metrics {
+                        listener.handshake("tls_timeout", None);
+                    }
+                    debug!("TLS handshake timed out");
+                    return;
+                }
+            }
+        }
+    };
     // Shutdown's final deadline also ends handshakes still in flight.
     let mut outcome = tokio::select! {
         outcome = handshake(&snapshot, &listener, &mut client, peer) => outcome,
@@ -102,7 +138,7 @@ pub(crate) async fn serve(
                     .handshake_duration
                     .record(accepted_at.elapsed().as_secs_f64());
             }
-            sockets.apply(&client, &backend);
+            sockets.apply(client.tcp(), &backend);
             let metrics = tunnel_metrics.unwrap_or_else(|| TunnelMetrics::unlisted(&guard));
             tunnel(&shared, id, client, backend, guard, &relay_options, metrics).await;
         }
@@ -162,7 +198,7 @@ enum Handshake {
 async fn handshake(
     snapshot: &Snapshot,
     listener: &str,
-    client: &mut TcpStream,
+    client: &mut ClientStream,
     peer: SocketAddr,
 ) -> Result<Handshake, HandshakeError> {
     let config = snapshot.config();
@@ -189,7 +225,7 @@ async fn handshake(
 async fn upgrade_request(
     snapshot: &Snapshot,
     listener: &str,
-    client: &mut TcpStream,
+    client: &mut ClientStream,
     peer: SocketAddr,
     request: Request,
     upgrade: WebSocketUpgrade,
@@ -212,7 +248,7 @@ async fn upgrade_request(
         &request,
         &ClientInfo {
             addr: peer_ip,
-            tls: false,
+            tls: client.is_tls(),
             trusted: listener.trusts(peer_ip),
         },
         &mut forwarded,
@@ -310,18 +346,18 @@ async fn upgrade_request(
 }
 
 /// A backend connection ready for the request.
-struct Connected {
-    stream: TcpStream,
-    guard: BackendGuard,
+pub(crate) struct Connected {
+    pub(crate) stream: TcpStream,
+    pub(crate) guard: BackendGuard,
     /// The affinity cookie to give the client, when the pool sets one.
-    set_cookie: Option<Token>,
+    pub(crate) set_cookie: Option<Token>,
     /// How long the successful attempt took.
-    took: Duration,
+    pub(crate) took: Duration,
 }
 
 /// Tries the pool's candidates in order until one accepts the TCP connection. Refusals and
 /// connect timeouts move on to the next candidate; the last failure is the answer.
-async fn connect(
+pub(crate) async fn connect(
     pool: &Pool,
     affinity: Affinity<'_>,
     timeout: Duration,
@@ -368,10 +404,10 @@ async fn connect(
 }
 
 /// The L4 act: relay until both sides are done, or the tunnel is stopped.
-async fn tunnel(
+pub(crate) async fn tunnel(
     shared: &Shared,
     id: u64,
-    client: TcpStream,
+    client: ClientStream,
     backend: TcpStream,
     guard: BackendGuard,
     options: &RelayOptions,
@@ -391,15 +427,24 @@ async fn tunnel(
             () = shared.stop_tunnels.cancelled() => {}
         }
     };
-    let report = sluice_splice::relay(
-        client,
-        backend,
-        options,
-        &shared.pipes,
-        &bytes.traffic,
-        stop,
-    )
-    .await;
+    // Plain sockets splice; a TLS-terminated client's bytes are decrypted in user space, so
+    // its tunnel copies.
+    let report = match client {
+        ClientStream::Plain(client) => {
+            sluice_splice::relay(
+                client,
+                backend,
+                options,
+                &shared.pipes,
+                &bytes.traffic,
+                stop,
+            )
+            .await
+        }
+        ClientStream::Tls(client) => {
+            sluice_splice::relay_copy(client, backend, options, &bytes.traffic, stop).await
+        }
+    };
     drop(registration);
     metrics.pool.tunnel_closed(report.closed_by.label());
     metrics
@@ -419,7 +464,7 @@ async fn tunnel(
     drop(guard);
 }
 
-fn relay_options(config: &sluice_config::Config) -> RelayOptions {
+pub(crate) fn relay_options(config: &sluice_config::Config) -> RelayOptions {
     RelayOptions {
         mode: match config.relay.mode {
             sluice_config::RelayMode::Auto => sluice_splice::RelayMode::Auto,
@@ -433,7 +478,7 @@ fn relay_options(config: &sluice_config::Config) -> RelayOptions {
 }
 
 /// Writes bytes the client must see before anything else; a client that cannot take them is gone.
-async fn write_answer(client: &mut TcpStream, bytes: &[u8]) -> Result<(), HandshakeError> {
+async fn write_answer(client: &mut ClientStream, bytes: &[u8]) -> Result<(), HandshakeError> {
     match tokio::time::timeout(ANSWER_WRITE_TIMEOUT, client.write_all(bytes)).await {
         Ok(Ok(())) => Ok(()),
         Ok(Err(_)) | Err(_) => Err(HandshakeError::ClientClosed),
@@ -444,7 +489,7 @@ async fn write_answer(client: &mut TcpStream, bytes: &[u8]) -> Result<(), Handsh
 /// `body_left` bytes more when its Content-Length says so, else until the backend closes;
 /// bounded by `deadline`.
 async fn relay_answer(
-    client: &mut TcpStream,
+    client: &mut ClientStream,
     backend: &mut TcpStream,
     head_and_more: &[u8],
     body_left: Option<u64>,
@@ -488,7 +533,7 @@ async fn relay_answer(
 /// Answers a failed handshake (when the error has an answer) and closes the connection gently:
 /// after the answer, what the client still sends is read and dropped for a moment, so that the
 /// close does not reset the connection before the client has read the answer.
-pub(crate) async fn reject(client: &mut TcpStream, error: &HandshakeError) {
+pub(crate) async fn reject(client: &mut ClientStream, error: &HandshakeError) {
     let Some(answer) = error_response(error) else {
         return;
     };
@@ -500,7 +545,7 @@ pub(crate) async fn reject(client: &mut TcpStream, error: &HandshakeError) {
 
 /// Closes the connection gently after the last answer: half-closes, then reads and drops what
 /// the client still sends for a moment (at most [`LINGER`] and [`LINGER_BYTES`]).
-pub(crate) async fn linger(client: &mut TcpStream) {
+pub(crate) async fn linger(client: &mut ClientStream) {
     if client.shutdown().await.is_err() {
         return;
     }
@@ -518,13 +563,13 @@ pub(crate) async fn linger(client: &mut TcpStream) {
 }
 
 /// The metric handles a tunnel records into, resolved from the snapshot before it is dropped.
-struct TunnelMetrics {
+pub(crate) struct TunnelMetrics {
     pool: PoolMetrics,
     backend: BackendMetrics,
 }
 
 impl TunnelMetrics {
-    fn of(snapshot: &Snapshot, pool: usize, guard: &BackendGuard) -> Option<Self> {
+    pub(crate) fn of(snapshot: &Snapshot, pool: usize, guard: &BackendGuard) -> Option<Self> {
         Some(Self {
             pool: snapshot.pool_metrics(pool)?.clone(),
             backend: snapshot.backend_metrics(pool, guard.addr())?.clone(),
@@ -533,7 +578,7 @@ impl TunnelMetrics {
 
     /// Handles for a backend the snapshot does not list (it cannot happen: the guard came from
     /// that snapshot's pool); kept so that a tunnel never goes uncounted.
-    fn unlisted(guard: &BackendGuard) -> Self {
+    pub(crate) fn unlisted(guard: &BackendGuard) -> Self {
         Self {
             pool: PoolMetrics::new("unlisted"),
             backend: BackendMetrics::new("unlisted", &guard.addr().to_string()),
@@ -542,10 +587,10 @@ impl TunnelMetrics {
 }
 
 /// One unit of a metrics gauge, given back on drop.
-struct GaugeGuard(sluice_metrics::Gauge);
+pub(crate) struct GaugeGuard(sluice_metrics::Gauge);
 
 impl GaugeGuard {
-    fn new(gauge: &sluice_metrics::Gauge) -> Self {
+    pub(crate) fn new(gauge: &sluice_metrics::Gauge) -> Self {
         gauge.increment(1.0);
         Self(gauge.clone())
     }

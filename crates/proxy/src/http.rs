@@ -56,6 +56,7 @@ use crate::Shared;
 use crate::conn::{linger, reject};
 use crate::pool::{self, Lease};
 use crate::snapshot::{Snapshot, canonical};
+use crate::stream::ClientStream;
 
 /// A WebSocket upgrade that arrived on a keep-alive connection, for the upgrade path.
 #[derive(Debug)]
@@ -72,7 +73,7 @@ pub(crate) struct UpgradeRequest {
 pub(crate) async fn serve(
     shared: &Shared,
     listener: &str,
-    client: &mut TcpStream,
+    client: &mut ClientStream,
     peer: SocketAddr,
     mut request: Request,
     mut buf: BytesMut,
@@ -157,7 +158,7 @@ enum Next {
 
 /// Waits for the next request: its first byte within `timeouts.client_idle` (or already
 /// buffered, pipelined), then its whole head within `timeouts.handshake`.
-async fn next_request(shared: &Shared, client: &mut TcpStream, buf: &mut BytesMut) -> Next {
+async fn next_request(shared: &Shared, client: &mut ClientStream, buf: &mut BytesMut) -> Next {
     let (timeouts, limits) = {
         let snapshot = shared.snapshot.load();
         (snapshot.config().timeouts, snapshot.config().limits)
@@ -252,7 +253,7 @@ async fn exchange(
     shared: &Shared,
     snapshot: &Snapshot,
     listener: &str,
-    client: &mut TcpStream,
+    client: &mut ClientStream,
     peer: SocketAddr,
     request: &Request,
     buf: &mut BytesMut,
@@ -283,7 +284,7 @@ async fn exchange(
         request,
         &ClientInfo {
             addr: peer_ip,
-            tls: false,
+            tls: client.is_tls(),
             trusted: listener.trusts(peer_ip),
         },
         &framing_lines(fields),
@@ -419,7 +420,7 @@ struct Answered {
 /// Sends the head, then the body beside reading and relaying the answer.
 async fn forward(
     plan: &Plan<'_>,
-    client: &mut TcpStream,
+    client: &mut ClientStream,
     buf: &mut BytesMut,
     backend: &mut TcpStream,
     addr: SocketAddr,
@@ -438,7 +439,7 @@ async fn forward(
         }
     }
 
-    let (mut client_read, mut client_write) = client.split();
+    let (mut client_read, mut client_write) = tokio::io::split(&mut *client);
     let (mut backend_read, mut backend_write) = backend.split();
     let sent = AtomicU64::new(0);
     let upload_done = AtomicBool::new(false);

@@ -24,12 +24,14 @@ mod admin;
 mod conn;
 mod health;
 mod http;
+mod l4;
 mod limits;
 mod pool;
 mod reload;
 mod snapshot;
 mod stats;
 mod status;
+mod stream;
 mod tunnels;
 
 use std::collections::HashMap;
@@ -50,7 +52,7 @@ use tracing::{info, warn};
 
 pub use limits::derived_max_connections;
 pub use reload::{ReloadError, ReloadStats};
-pub use snapshot::{ListenerRuntime, Snapshot};
+pub use snapshot::{ListenerRuntime, Snapshot, check_tls};
 pub use stats::{Stats, StatusClass};
 
 use reload::Control;
@@ -75,6 +77,9 @@ pub enum ProxyError {
     /// A bound listener was handed to [`Server::run`] that the configuration does not name.
     #[error("listener {0} is not in the configuration")]
     UnknownListener(String),
+    /// Certificates of a TLS listener could not be loaded, one line per problem.
+    #[error("TLS certificates:\n{}", .0.join("\n"))]
+    Tls(Vec<String>),
 }
 
 /// A listening socket bound for one configured listener.
@@ -191,6 +196,9 @@ impl Server {
     /// Binds every configured listener, in configuration order, and the admin listener.
     pub async fn bind(&self) -> Result<Vec<BoundListener>, ProxyError> {
         let snapshot = self.shared.snapshot.load_full();
+        if !snapshot.tls_errors().is_empty() {
+            return Err(ProxyError::Tls(snapshot.tls_errors().to_vec()));
+        }
         let mut bound = Vec::with_capacity(snapshot.config().listeners.len());
         for listener in &snapshot.config().listeners {
             bound.push(accept::bind_listener(listener)?);

@@ -47,6 +47,10 @@ pub enum ReloadError {
     /// A new listener could not be bound.
     #[error(transparent)]
     Bind(#[from] BindError),
+    /// Certificates of a TLS listener could not be loaded (missing file, bad PEM, a key that
+    /// does not match its certificate, a route host no certificate covers).
+    #[error("TLS certificates:\n{}", .0.join("\n"))]
+    Tls(Vec<String>),
     /// The server is shutting down.
     #[error("the server is shutting down")]
     ShuttingDown,
@@ -59,6 +63,7 @@ impl ReloadError {
             Self::Config(_) => "invalid_config",
             Self::RestartRequired { .. } => "restart_required",
             Self::Bind(_) => "bind_failed",
+            Self::Tls(_) => "tls_failed",
             Self::ShuttingDown => "shutting_down",
         }
     }
@@ -239,6 +244,9 @@ impl Server {
             generation,
             |pool, addr| control.known_backend(&old, pool, addr),
         ));
+        if !snapshot.tls_errors().is_empty() {
+            return Err(ReloadError::Tls(snapshot.tls_errors().to_vec()));
+        }
 
         // 2. New listeners (or ones whose address changed) are bound before anything changes.
         let mut to_stop = Vec::new();

@@ -6,9 +6,11 @@ use std::sync::Arc;
 
 use ipnet::IpNet;
 use sluice_balance::{Backend, Pool};
-use sluice_config::{Config, Listener};
+use sluice_config::{Config, HostMatch, Listener, ListenerTls};
 use sluice_handshake::Router;
 use sluice_metrics::{BackendMetrics, ListenerMetrics, PoolMetrics};
+use sluice_tls::{CertificateFiles, NamePattern, ServerCertificates, SniMap, WildcardDepth};
+use tracing::warn;
 
 /// Routes, pools and balancer state of one configuration generation.
 #[derive(Debug)]
@@ -19,6 +21,9 @@ pub struct Snapshot {
     /// Metric handles of each pool, and of each of its backends (same order as the pool's).
     pool_metrics: Vec<(PoolMetrics, Vec<BackendMetrics>)>,
     listeners: Vec<ListenerRuntime>,
+    /// Certificates that could not be loaded: the snapshot must not go live (start and reload
+    /// refuse it).
+    tls_errors: Vec<String>,
 }
 
 /// One listener's compiled routing.
@@ -27,6 +32,11 @@ pub struct ListenerRuntime {
     config: Listener,
     router: Router,
     metrics: ListenerMetrics,
+    /// `tcp` and `tls-passthrough` listeners: pool indices by server name (`tcp`: the default
+    /// only, its pool).
+    l4: SniMap<usize>,
+    /// TLS-terminating `http` listeners: the certificates of this generation.
+    tls: Option<Arc<ServerCertificates>>,
 }
 
 impl ListenerRuntime {
@@ -43,6 +53,17 @@ impl ListenerRuntime {
     /// Its metric handles.
     pub fn metrics(&self) -> &ListenerMetrics {
         &self.metrics
+    }
+
+    /// The TLS server configuration of a TLS-terminating listener (`None`: plain TCP).
+    pub fn tls(&self) -> Option<&Arc<rustls::ServerConfig>> {
+        self.tls.as_ref().map(|c| &c.config)
+    }
+
+    /// A `tcp` or `tls-passthrough` listener's pool for this server name (`None`: no name
+    /// sent; `tcp` listeners ignore it): exact names, then wildcards, then the default pool.
+    pub fn l4_pool(&self, sni: Option<&str>) -> Option<usize> {
+        self.l4.get(sni).copied()
     }
 
     /// Whether a peer's forwarded headers are trusted (appended to rather than replaced).
@@ -70,16 +91,22 @@ impl Snapshot {
             .map(|p| Arc::new(Pool::from_config(p, |addr| known(&p.name, addr))))
             .collect();
         let pool_index = |name: &str| config.pools.iter().position(|p| p.name == name);
+        let mut tls_errors = Vec::new();
         let listeners = config
             .listeners
             .iter()
             .map(|l| ListenerRuntime {
+                tls: l
+                    .tls
+                    .as_ref()
+                    .and_then(|tls| load_tls(&config, l, tls, &mut tls_errors)),
                 router: Router::new(
                     config.routes_for(&l.name),
                     pool_index,
                     l.unknown_host_status,
                 ),
                 metrics: ListenerMetrics::new(&l.name),
+                l4: l4_routes(l, pool_index),
                 config: l.clone(),
             })
             .collect();
@@ -100,7 +127,13 @@ impl Snapshot {
             pools,
             pool_metrics,
             listeners,
+            tls_errors,
         }
+    }
+
+    /// Why certificates could not be loaded, one line each; empty when all loaded.
+    pub fn tls_errors(&self) -> &[String] {
+        &self.tls_errors
     }
 
     /// Which configuration this is: 1 at start, one more per successful reload.
@@ -154,6 +187,94 @@ impl Snapshot {
     pub fn listener(&self, name: &str) -> Option<&ListenerRuntime> {
         self.listeners.iter().find(|l| l.config.name == name)
     }
+}
+
+/// Loads the certificates of every TLS listener of `config` as a start or a reload would, and
+/// returns what would refuse it, one line each (empty: all load). For `sluice check`.
+pub fn check_tls(config: &Config) -> Vec<String> {
+    let mut errors = Vec::new();
+    for listener in &config.listeners {
+        if let Some(tls) = &listener.tls {
+            load_tls(config, listener, tls, &mut errors);
+        }
+    }
+    errors
+}
+
+/// Loads a TLS listener's certificates; a failure, or a route `host` no certificate covers by
+/// name, goes to `errors`. An expired certificate is a warning.
+fn load_tls(
+    config: &Config,
+    listener: &Listener,
+    tls: &ListenerTls,
+    errors: &mut Vec<String>,
+) -> Option<Arc<ServerCertificates>> {
+    let files: Vec<CertificateFiles<'_>> = tls
+        .certificates
+        .iter()
+        .map(|c| CertificateFiles {
+            cert: &c.cert,
+            key: &c.key,
+        })
+        .collect();
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    match sluice_tls::certs::load(&files, now) {
+        Ok(certs) => {
+            for warning in &certs.warnings {
+                warn!(listener = %listener.name, "{warning}");
+            }
+            for route in config.routes_for(&listener.name) {
+                let covered = match &route.host {
+                    None => true,
+                    Some(HostMatch::Exact(name)) => certs.covers(name),
+                    Some(HostMatch::Wildcard(suffix)) => certs
+                        .names()
+                        .contains(&NamePattern::Wildcard(suffix.clone())),
+                };
+                if !covered {
+                    let host = match &route.host {
+                        Some(HostMatch::Exact(name)) => name.clone(),
+                        Some(HostMatch::Wildcard(suffix)) => format!("*{suffix}"),
+                        None => String::new(),
+                    };
+                    errors.push(format!(
+                        "listener {}: no certificate for \"{host}\" (the host of a route); \
+                         certificates cover {}",
+                        listener.name,
+                        certs
+                            .names()
+                            .iter()
+                            .map(ToString::to_string)
+                            .collect::<Vec<_>>()
+                            .join(", ")
+                    ));
+                }
+            }
+            Some(Arc::new(certs))
+        }
+        Err(error) => {
+            errors.push(format!("listener {}: {error}", listener.name));
+            None
+        }
+    }
+}
+
+/// The pool indices of an L4 listener by server name.
+fn l4_routes(listener: &Listener, pool_index: impl Fn(&str) -> Option<usize>) -> SniMap<usize> {
+    let mut map = SniMap::new(WildcardDepth::AnyDepth);
+    for route in &listener.sni_routes {
+        let pattern = match &route.sni {
+            HostMatch::Exact(name) => NamePattern::Exact(name.clone()),
+            HostMatch::Wildcard(suffix) => NamePattern::Wildcard(suffix.clone()),
+        };
+        if let Some(index) = pool_index(&route.pool) {
+            map.insert(pattern, index);
+        }
+    }
+    map.set_default(listener.pool.as_deref().and_then(pool_index));
+    map
 }
 
 /// An IPv4 peer seen through an IPv6 socket (`::ffff:a.b.c.d`) as the IPv4 address it is.

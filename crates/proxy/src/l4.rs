@@ -1,0 +1,312 @@
+//! The L4 listeners: `tcp` (no parsing at all) and `tls-passthrough` (the ClientHello read for
+//! its server name, never decrypted). Both end in the same relay as an upgraded WebSocket
+//! tunnel, spliced where the platform allows.
+//!
+//! ```text
+//! accept ─ permit ─ [tls-passthrough: read the whole ClientHello within timeouts.handshake
+//!        and limits.max_head_bytes; not TLS, malformed, too large, too slow, or no pool for
+//!        its name ──► closed, nothing reaches a backend]
+//!        ─ pick (the pool's algorithm; `hash` by source_ip or four_tuple) ─ connect
+//!        ─ [PROXY v2 header] ─ the ClientHello bytes, as received ─ relay
+//! ```
+
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+
+use sluice_balance::Affinity;
+use sluice_config::{HashKey, ListenerMode};
+use sluice_tls::client_hello;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio::sync::OwnedSemaphorePermit;
+use tokio::time::Instant;
+use tracing::debug;
+
+use crate::Shared;
+use crate::conn::{self, Connected, GaugeGuard, TunnelMetrics};
+use crate::snapshot::canonical;
+use crate::stream::ClientStream;
+
+/// First read of a ClientHello; most fit (a post-quantum key share makes them ~1.8 KB).
+const FIRST_READ: usize = 4096;
+
+/// Runs one admitted connection of a `tcp` or `tls-passthrough` listener to its end.
+pub(crate) async fn serve(
+    shared: Arc<Shared>,
+    id: u64,
+    listener: Arc<str>,
+    client: TcpStream,
+    peer: SocketAddr,
+    _permit: OwnedSemaphorePermit,
+) {
+    let accepted_at = Instant::now();
+    let _live = shared.stats.connection();
+    let snapshot = shared.snapshot.load_full();
+    let Some(runtime) = snapshot.listener(&listener) else {
+        return;
+    };
+    let metrics = runtime.metrics().clone();
+    let _active = GaugeGuard::new(&metrics.active);
+    let mode = runtime.config().mode;
+    let config = snapshot.config();
+
+    // Reading (pass-through only): the whole ClientHello, bounded in size and time.
+    let mut client = client;
+    let (hello, sni) = if mode == ListenerMode::TlsPassthrough {
+        let deadline = Instant::now() + config.timeouts.handshake;
+        let read = tokio::select! {
+            read = read_client_hello(&mut client, config.limits.max_head_bytes, deadline) => read,
+            () = shared.stop_tunnels.cancelled() => return,
+        };
+        match read {
+            Ok(read) => read,
+            Err(reason) => {
+                shared.stats.count_rejected();
+                metrics.handshake("rejected", None);
+                debug!(reason, "not a routable ClientHello: closed");
+                return;
+            }
+        }
+    } else {
+        (Vec::new(), None)
+    };
+
+    // Routed: by server name, or the listener's pool.
+    let Some(pool_index) = runtime.l4_pool(sni.as_deref()) else {
+        shared.stats.count_rejected();
+        metrics.handshake("rejected", None);
+        debug!(
+            sni = sni.as_deref().unwrap_or(""),
+            "no pool for this server name: closed"
+        );
+        return;
+    };
+    let Some(pool) = snapshot.pool(pool_index) else {
+        return;
+    };
+
+    // Picked and connected.
+    let local = client.local_addr().ok();
+    let key = pool
+        .hash_key()
+        .and_then(|key| connection_key(key, peer, local));
+    let affinity = Affinity {
+        cookie: None,
+        key: key.as_deref(),
+    };
+    let connected = tokio::select! {
+        connected = conn::connect(pool, affinity, config.timeouts.connect) => connected,
+        () = shared.stop_tunnels.cancelled() => return,
+    };
+    let Connected {
+        stream: mut backend,
+        guard,
+        took,
+        ..
+    } = match connected {
+        Ok(connected) => connected,
+        Err(error) => {
+            shared.stats.count_backend_failed();
+            metrics.handshake("backend_failed", None);
+            tracing::warn!(reason = error.label(), %error, "no backend connection: closed");
+            return;
+        }
+    };
+    if let Some(pool_metrics) = snapshot.pool_metrics(pool_index) {
+        pool_metrics.connect_duration.record(took.as_secs_f64());
+    }
+
+    // The PROXY header and the bytes read so far, before anything else.
+    let mut first = Vec::with_capacity(hello.len() + 64);
+    if runtime.config().proxy_protocol {
+        proxy_v2_header(peer, local.unwrap_or(peer), &mut first);
+    }
+    first.extend_from_slice(&hello);
+    if !first.is_empty() && backend.write_all(&first).await.is_err() {
+        shared.stats.count_backend_failed();
+        metrics.handshake("backend_failed", None);
+        return;
+    }
+    drop((first, hello));
+
+    let tunnel_metrics = TunnelMetrics::of(&snapshot, pool_index, &guard)
+        .unwrap_or_else(|| TunnelMetrics::unlisted(&guard));
+    let relay_options = conn::relay_options(config);
+    let sockets = crate::health::TunnelSockets::of(config);
+    drop(snapshot);
+
+    shared.stats.count_upgraded();
+    metrics.upgraded.increment(1);
+    metrics.handshake("relayed", None);
+    metrics
+        .handshake_duration
+        .record(accepted_at.elapsed().as_secs_f64());
+    sockets.apply(&client, &backend);
+    debug!(backend = %guard.addr(), sni = sni.as_deref().unwrap_or(""), "relaying");
+    conn::tunnel(
+        &shared,
+        id,
+        ClientStream::Plain(client),
+        backend,
+        guard,
+        &relay_options,
+        tunnel_metrics,
+    )
+    .await;
+}
+
+/// Reads until the buffer holds a whole ClientHello: its bytes (to replay, with anything the
+/// client sent after it) and its server name.
+async fn read_client_hello(
+    client: &mut TcpStream,
+    max: usize,
+    deadline: Instant,
+) -> Result<(Vec<u8>, Option<String>), &'static str> {
+    let mut buf = Vec::with_capacity(FIRST_READ.min(max));
+    loop {
+        let room = max.saturating_sub(buf.len()).clamp(1, FIRST_READ);
+        let start = buf.len();
+        buf.resize(start + room, 0);
+        let read = tokio::time::timeout_at(
+            deadline,
+            client.read(buf.get_mut(start..).unwrap_or_default()),
+        )
+        .await;
+        let n = match read {
+            Err(_) => return Err("handshake timeout"),
+            Ok(Err(_)) => return Err("client error"),
+            Ok(Ok(0)) => return Err("client closed"),
+            Ok(Ok(n)) => n,
+        };
+        buf.truncate(start + n);
+        match client_hello::parse(&buf, max) {
+            Ok(Some(hello)) => return Ok((buf, hello.sni)),
+            Ok(None) => {}
+            Err(client_hello::ClientHelloError::NotTls) => return Err("not TLS"),
+            Err(client_hello::ClientHelloError::TooLarge(_)) => {
+                return Err("ClientHello too large");
+            }
+            Err(client_hello::ClientHelloError::Malformed(_)) => {
+                return Err("malformed ClientHello");
+            }
+        }
+    }
+}
+
+/// A connection's hash key: the client's address (`source_ip`), or its address and port with
+/// the listener's (`four_tuple`). Request-level keys do not exist at L4.
+fn connection_key(key: &HashKey, peer: SocketAddr, local: Option<SocketAddr>) -> Option<Vec<u8>> {
+    let mut out = Vec::with_capacity(36);
+    match key {
+        HashKey::SourceIp => push_ip(canonical(peer.ip()), &mut out),
+        HashKey::FourTuple => {
+            push_ip(canonical(peer.ip()), &mut out);
+            out.extend_from_slice(&peer.port().to_be_bytes());
+            let local = local?;
+            push_ip(canonical(local.ip()), &mut out);
+            out.extend_from_slice(&local.port().to_be_bytes());
+        }
+        HashKey::Cookie(_) | HashKey::Header(_) | HashKey::Query(_) => return None,
+    }
+    Some(out)
+}
+
+fn push_ip(ip: IpAddr, out: &mut Vec<u8>) {
+    match ip {
+        IpAddr::V4(v4) => out.extend_from_slice(&v4.octets()),
+        IpAddr::V6(v6) => out.extend_from_slice(&v6.octets()),
+    }
+}
+
+/// The PROXY protocol v2 signature.
+const PROXY_V2_SIGNATURE: [u8; 12] = *b"\r\n\r\n\0\r\nQUIT\n";
+
+/// A PROXY protocol v2 header (`PROXY` command, TCP over IPv4 or IPv6) saying the connection
+/// came from `source` to `destination`. Mixed families are sent as IPv6 (IPv4-mapped).
+pub(crate) fn proxy_v2_header(source: SocketAddr, destination: SocketAddr, out: &mut Vec<u8>) {
+    out.extend_from_slice(&PROXY_V2_SIGNATURE);
+    out.push(0x21); // version 2, PROXY
+    let (src, dst) = (canonical(source.ip()), canonical(destination.ip()));
+    match (src, dst) {
+        (IpAddr::V4(s), IpAddr::V4(d)) => {
+            out.push(0x11); // TCP over IPv4
+            out.extend_from_slice(&12u16.to_be_bytes());
+            out.extend_from_slice(&s.octets());
+            out.extend_from_slice(&d.octets());
+        }
+        (s, d) => {
+            let v6 = |ip: IpAddr| match ip {
+                IpAddr::V4(v4) => v4.to_ipv6_mapped(),
+                IpAddr::V6(v6) => v6,
+            };
+            out.push(0x21); // TCP over IPv6
+            out.extend_from_slice(&36u16.to_be_bytes());
+            out.extend_from_slice(&v6(s).octets());
+            out.extend_from_slice(&v6(d).octets());
+        }
+    }
+    out.extend_from_slice(&source.port().to_be_bytes());
+    out.extend_from_slice(&destination.port().to_be_bytes());
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn proxy_v2_ipv4() {
+        let mut out = Vec::new();
+        proxy_v2_header(
+            "192.0.2.1:5000".parse().unwrap(),
+            "198.51.100.2:443".parse().unwrap(),
+            &mut out,
+        );
+        let mut want = PROXY_V2_SIGNATURE.to_vec();
+        want.extend_from_slice(&[0x21, 0x11, 0, 12, 192, 0, 2, 1, 198, 51, 100, 2]);
+        want.extend_from_slice(&5000u16.to_be_bytes());
+        want.extend_from_slice(&443u16.to_be_bytes());
+        assert_eq!(out, want);
+    }
+
+    #[test]
+    fn proxy_v2_ipv6_and_mapped() {
+        let mut out = Vec::new();
+        proxy_v2_header(
+            "[2001:db8::1]:5000".parse().unwrap(),
+            "[::ffff:10.0.0.1]:443".parse().unwrap(),
+            &mut out,
+        );
+        assert_eq!(out.len(), 16 + 36);
+        assert_eq!(out[13], 0x21);
+        // An IPv4 peer seen through an IPv6 socket is sent as IPv4.
+        let mut out = Vec::new();
+        proxy_v2_header(
+            "[::ffff:192.0.2.1]:1".parse().unwrap(),
+            "[::ffff:10.0.0.1]:2".parse().unwrap(),
+            &mut out,
+        );
+        assert_eq!(out.len(), 16 + 12);
+    }
+
+    #[test]
+    fn connection_keys() {
+        let peer: SocketAddr = "192.0.2.1:5000".parse().unwrap();
+        let local: SocketAddr = "10.0.0.1:443".parse().unwrap();
+        assert_eq!(
+            connection_key(&HashKey::SourceIp, peer, Some(local)),
+            Some(vec![192, 0, 2, 1])
+        );
+        let four = connection_key(&HashKey::FourTuple, peer, Some(local)).unwrap();
+        assert_eq!(four.len(), 12);
+        let other = connection_key(
+            &HashKey::FourTuple,
+            "192.0.2.1:5001".parse().unwrap(),
+            Some(local),
+        );
+        assert_ne!(Some(four), other);
+        assert_eq!(
+            connection_key(&HashKey::Cookie("s".into()), peer, None),
+            None
+        );
+    }
+}
