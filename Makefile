@@ -1,7 +1,7 @@
 # The one entry point. `make run` starts a demo, `make test` is what CI runs.
 CARGO ?= cargo
 
-.PHONY: all build run test lint fmt ci clean
+.PHONY: all build run test lint fmt ci clean bench
 
 all: build
 
@@ -29,3 +29,9 @@ ci: lint test
 
 clean:
 	$(CARGO) clean
+
+## the benchmark suite: sluice against a direct connection, HAProxy and nginx (bench/run.py);
+## writes bench/results/ and updates docs/performance.md. QUICK=1: a smoke run, docs untouched
+bench:
+	$(CARGO) build --release --locked -p sluice -p sluice-testkit -p sluice-bench --bins
+	python3 bench/run.py $(if $(QUICK),--quick,--update-docs)

@@ -130,6 +130,9 @@ fn admit(
     };
     shared.stats.count_accepted();
     metrics.accepted.increment(1);
+    // WebSocket traffic is small messages: never hold one back for Nagle's algorithm (the
+    // backend side is set at connect).
+    let _ = stream.set_nodelay(true);
     let id = shared
         .next_conn_id
         .fetch_add(1, std::sync::atomic::Ordering::Relaxed);

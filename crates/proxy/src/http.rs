@@ -78,8 +78,8 @@ pub(crate) async fn serve(
     mut request: Request,
     mut buf: BytesMut,
 ) -> Option<UpgradeRequest> {
-    // Heads and bodies go out as separate writes: no Nagle delay between them.
-    let _ = client.set_nodelay(true);
+    // Heads and bodies go out as separate writes: the accept loop set TCP_NODELAY, so no Nagle
+    // delay falls between them.
     loop {
         let started = Instant::now();
         let snapshot = shared.snapshot.load_full();

@@ -46,10 +46,6 @@ impl ClientStream {
             }
         }
     }
-
-    pub(crate) fn set_nodelay(&self, nodelay: bool) -> io::Result<()> {
-        self.tcp().set_nodelay(nodelay)
-    }
 }
 
 impl AsyncRead for ClientStream {
