@@ -389,7 +389,7 @@ mod tests {
     use crate::model::{Balance, HashKey, HashPolicy, SameSite, Secret, StickyCookie};
     use crate::parse;
 
-    use crate::test_support::{error, errors, file, pool};
+    use crate::test_support::{error, errors, example_uncommented, file, pool};
 
     #[test]
     fn a_hash_pool_parses_with_every_key() {
@@ -750,9 +750,6 @@ mod tests {
     /// plain algorithms); uncommented, they must parse into what their comments say.
     #[test]
     fn the_example_files_commented_balancing_keys_parse() {
-        let path =
-            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../config/sluice.toml");
-        let text = std::fs::read_to_string(&path).expect("config/sluice.toml");
         let keys = [
             "# balance = \"hash\"",
             "# hash_key = ",
@@ -760,30 +757,7 @@ mod tests {
             "# hash_balance_factor = ",
             "# sticky_cookie = ",
         ];
-        let mut uncommented = 0;
-        let text: String = text
-            .lines()
-            .map(|line| {
-                if keys.iter().any(|k| line.starts_with(k)) {
-                    uncommented += 1;
-                    format!("{}\n", &line[2..])
-                } else if line.starts_with("balance = \"round_robin\"") {
-                    // The hash pool replaces the demo's own balance line.
-                    "\n".to_owned()
-                } else {
-                    format!("{line}\n")
-                }
-            })
-            .collect();
-        assert_eq!(
-            uncommented,
-            keys.len(),
-            "every key is shown in config/sluice.toml"
-        );
-        let config = match parse(&text, "sluice.toml") {
-            Ok(config) => config,
-            Err(e) => panic!("uncommented config/sluice.toml does not parse:\n{e}"),
-        };
+        let config = example_uncommented(&keys, &["balance = \"round_robin\""]);
         let echo = config.pool("echo").expect("pool echo");
         assert_eq!(echo.balance, Balance::Hash);
         assert_eq!(

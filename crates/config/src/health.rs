@@ -356,7 +356,7 @@ mod tests {
     use crate::model::{CheckKind, HealthCheck, Jitter, Outlier, StatusRange};
     use crate::parse;
 
-    use crate::test_support::{error, errors, file, pool};
+    use crate::test_support::{error, errors, example_uncommented, file, pool};
 
     fn check(fields: &str) -> HealthCheck {
         pool(&format!("health_check = {{ {fields} }}\n"))
@@ -628,9 +628,6 @@ mod tests {
     /// must parse into what their comments say (the defaults, for the check's keys).
     #[test]
     fn the_example_files_commented_health_keys_parse() {
-        let path =
-            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../config/sluice.toml");
-        let text = std::fs::read_to_string(&path).expect("config/sluice.toml");
         let keys = [
             "# health_check = ",
             "# outlier = ",
@@ -638,26 +635,7 @@ mod tests {
             "# tcp_keepalive = ",
             "# tcp_user_timeout = ",
         ];
-        let mut uncommented = 0;
-        let text: String = text
-            .lines()
-            .map(|line| match keys.iter().find(|k| line.starts_with(*k)) {
-                Some(_) => {
-                    uncommented += 1;
-                    format!("{}\n", line.get(2..).unwrap_or_default())
-                }
-                None => format!("{line}\n"),
-            })
-            .collect();
-        assert_eq!(
-            uncommented,
-            keys.len(),
-            "every key is shown in config/sluice.toml"
-        );
-        let config = match parse(&text, "sluice.toml") {
-            Ok(config) => config,
-            Err(e) => panic!("uncommented config/sluice.toml does not parse:\n{e}"),
-        };
+        let config = example_uncommented(&keys, &[]);
         let echo = config.pool("echo").expect("pool echo");
         assert_eq!(
             echo.health_check,

@@ -1,6 +1,6 @@
 //! Helpers shared by the tests of the pool-level modules (balancing, health).
 
-use crate::model::Pool;
+use crate::model::{Config, Pool};
 use crate::parse;
 
 /// A valid file whose pool `main` has `lines` before its backends (line 10 is the first of
@@ -31,4 +31,33 @@ pub(crate) fn error(lines: &str) -> String {
     let errors = errors(lines);
     assert_eq!(errors.len(), 1, "{errors:#?}");
     errors.into_iter().next().unwrap_or_default()
+}
+
+/// `config/sluice.toml` with the commented-out lines starting with `keys` uncommented (each must
+/// be there) and the lines starting with `drop` removed, parsed.
+pub(crate) fn example_uncommented(keys: &[&str], drop: &[&str]) -> Config {
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../config/sluice.toml");
+    let text = std::fs::read_to_string(&path).expect("config/sluice.toml");
+    let mut uncommented = 0;
+    let text: String = text
+        .lines()
+        .filter(|line| !drop.iter().any(|d| line.starts_with(d)))
+        .map(|line| {
+            if keys.iter().any(|k| line.starts_with(k)) {
+                uncommented += 1;
+                format!("{}\n", line.get(2..).unwrap_or_default())
+            } else {
+                format!("{line}\n")
+            }
+        })
+        .collect();
+    assert_eq!(
+        uncommented,
+        keys.len(),
+        "every key is shown in config/sluice.toml"
+    );
+    match parse(&text, "sluice.toml") {
+        Ok(config) => config,
+        Err(e) => panic!("uncommented config/sluice.toml does not parse:\n{e}"),
+    }
 }
