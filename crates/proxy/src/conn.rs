@@ -569,8 +569,8 @@ pub(crate) async fn linger(client: &mut ClientStream) {
 
 /// The metric handles a tunnel records into, resolved from the snapshot before it is dropped.
 pub(crate) struct TunnelMetrics {
-    pool: PoolMetrics,
-    backend: BackendMetrics,
+    pool: Arc<PoolMetrics>,
+    backend: Arc<BackendMetrics>,
 }
 
 impl TunnelMetrics {
@@ -585,8 +585,8 @@ impl TunnelMetrics {
     /// that snapshot's pool); kept so that a tunnel never goes uncounted.
     pub(crate) fn unlisted(guard: &BackendGuard) -> Self {
         Self {
-            pool: PoolMetrics::new("unlisted"),
-            backend: BackendMetrics::new("unlisted", &guard.addr().to_string()),
+            pool: Arc::new(PoolMetrics::new("unlisted")),
+            backend: Arc::new(BackendMetrics::new("unlisted", &guard.addr().to_string())),
         }
     }
 }

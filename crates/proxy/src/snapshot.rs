@@ -19,7 +19,8 @@ pub struct Snapshot {
     config: Arc<Config>,
     pools: Vec<Arc<Pool>>,
     /// Metric handles of each pool, and of each of its backends (same order as the pool's).
-    pool_metrics: Vec<(PoolMetrics, Vec<BackendMetrics>)>,
+    /// Shared (`Arc`) so a connection holds them past the snapshot without copying labels.
+    pool_metrics: Vec<(Arc<PoolMetrics>, Vec<Arc<BackendMetrics>>)>,
     listeners: Vec<ListenerRuntime>,
     /// Certificates that could not be loaded: the snapshot must not go live (start and reload
     /// refuse it).
@@ -31,7 +32,7 @@ pub struct Snapshot {
 pub struct ListenerRuntime {
     config: Listener,
     router: Router,
-    metrics: ListenerMetrics,
+    metrics: Arc<ListenerMetrics>,
     /// `tcp` and `tls-passthrough` listeners: pool indices by server name (`tcp`: the default
     /// only, its pool).
     l4: SniMap<usize>,
@@ -51,7 +52,7 @@ impl ListenerRuntime {
     }
 
     /// Its metric handles.
-    pub fn metrics(&self) -> &ListenerMetrics {
+    pub fn metrics(&self) -> &Arc<ListenerMetrics> {
         &self.metrics
     }
 
@@ -105,7 +106,7 @@ impl Snapshot {
                     pool_index,
                     l.unknown_host_status,
                 ),
-                metrics: ListenerMetrics::new(&l.name),
+                metrics: Arc::new(ListenerMetrics::new(&l.name)),
                 l4: l4_routes(l, pool_index),
                 config: l.clone(),
             })
@@ -116,9 +117,9 @@ impl Snapshot {
                 let backends = pool
                     .backends()
                     .iter()
-                    .map(|b| BackendMetrics::new(pool.name(), &b.addr().to_string()))
+                    .map(|b| Arc::new(BackendMetrics::new(pool.name(), &b.addr().to_string())))
                     .collect();
-                (PoolMetrics::new(pool.name()), backends)
+                (Arc::new(PoolMetrics::new(pool.name())), backends)
             })
             .collect();
         Self {
@@ -157,12 +158,12 @@ impl Snapshot {
     }
 
     /// The metric handles of the pool at a router's index.
-    pub fn pool_metrics(&self, index: usize) -> Option<&PoolMetrics> {
+    pub fn pool_metrics(&self, index: usize) -> Option<&Arc<PoolMetrics>> {
         self.pool_metrics.get(index).map(|(pool, _)| pool)
     }
 
     /// The metric handles of a backend of the pool at a router's index.
-    pub fn backend_metrics(&self, index: usize, addr: SocketAddr) -> Option<&BackendMetrics> {
+    pub fn backend_metrics(&self, index: usize, addr: SocketAddr) -> Option<&Arc<BackendMetrics>> {
         let pool = self.pools.get(index)?;
         let position = pool.backends().iter().position(|b| b.addr() == addr)?;
         self.pool_metrics.get(index)?.1.get(position)
@@ -171,7 +172,7 @@ impl Snapshot {
     /// Every pool with the metric handles of its backends, in configuration order.
     pub fn pools_with_metrics(
         &self,
-    ) -> impl Iterator<Item = (&Arc<Pool>, &PoolMetrics, &[BackendMetrics])> {
+    ) -> impl Iterator<Item = (&Arc<Pool>, &Arc<PoolMetrics>, &[Arc<BackendMetrics>])> {
         self.pools
             .iter()
             .zip(&self.pool_metrics)

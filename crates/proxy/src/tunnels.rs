@@ -34,12 +34,12 @@ struct Entry {
 #[derive(Debug)]
 pub(crate) struct Bytes {
     pub(crate) traffic: Traffic,
-    metrics: BackendMetrics,
+    metrics: Arc<BackendMetrics>,
     published: [AtomicU64; 2],
 }
 
 impl Bytes {
-    pub(crate) fn new(metrics: BackendMetrics) -> Self {
+    pub(crate) fn new(metrics: Arc<BackendMetrics>) -> Self {
         Self {
             traffic: Traffic::default(),
             metrics,
@@ -213,7 +213,7 @@ mod tests {
     }
 
     fn counters() -> Arc<Bytes> {
-        Arc::new(Bytes::new(BackendMetrics::new("p", "b")))
+        Arc::new(Bytes::new(Arc::new(BackendMetrics::new("p", "b"))))
     }
 
     #[test]
