@@ -139,11 +139,13 @@ fn run(
         .context("cannot start the runtime")?;
     runtime.block_on(async {
         let server = sluice_proxy::Server::new(config);
-        let listeners = server.bind().await?;
-        let _pid_file = pid_file.map(PidFile::create).transpose()?;
+        // Signal handlers first: a SIGHUP or SIGTERM that arrives once the listeners accept
+        // (or once the pid file names this process) must never meet the default action.
         let reloads = reload_on_hangup(server.clone(), path.to_owned())
             .context("cannot install the SIGHUP handler")?;
         let shutdown = shutdown_signal().context("cannot install signal handlers")?;
+        let listeners = server.bind().await?;
+        let _pid_file = pid_file.map(PidFile::create).transpose()?;
         info!(
             version = env!("CARGO_PKG_VERSION"),
             config = %path.display(),

@@ -18,9 +18,11 @@ pub fn repo() -> PathBuf {
 
 /// A file in a fresh directory of its own under the system's temporary directory.
 pub fn temp_file(name: &str, contents: &str) -> PathBuf {
+    static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
     let dir = std::env::temp_dir().join(format!(
-        "sluice-cli-{}-{}",
+        "sluice-cli-{}-{}-{}",
         std::process::id(),
+        NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
         std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .unwrap()
@@ -109,7 +111,8 @@ pub struct Sluice {
 
 impl Sluice {
     /// Starts `sluice run --config <config> <extra>` listening on 127.0.0.1:`port` and waits
-    /// until it accepts connections.
+    /// until it says it started (listeners bound, signal handlers and pid file in place) and
+    /// accepts connections.
     pub async fn start(config: &Path, port: u16, extra: &[&str]) -> Self {
         let mut child = Command::new(SLUICE)
             .args(["run", "--log-format", "json", "--config"])
@@ -122,8 +125,13 @@ impl Sluice {
         let log = Arc::new(Mutex::new(Vec::new()));
         collect_lines(child.stderr.take().unwrap(), Arc::clone(&log));
         let addr = SocketAddr::from(([127, 0, 0, 1], port));
+        let sluice = Self { child, addr, log };
+        let pid = format!("\"pid\":{}", sluice.child.id());
+        sluice
+            .wait_log(&["sluice started", &pid], Duration::from_secs(20))
+            .await;
         wait_listening(addr).await;
-        Self { child, addr, log }
+        sluice
     }
 
     /// Every log line so far.
