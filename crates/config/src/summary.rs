@@ -46,8 +46,20 @@ impl Config {
                 ),
             };
             write!(out, "  {}  {}  {mode}  {routes}", l.name, l.listen)?;
-            if l.proxy_protocol {
-                write!(out, "  proxy_protocol v2")?;
+            if let Some(accept) = &l.accept_proxy_protocol {
+                write!(
+                    out,
+                    "  accept_proxy_protocol from {}",
+                    accept
+                        .from
+                        .iter()
+                        .map(ToString::to_string)
+                        .collect::<Vec<_>>()
+                        .join(",")
+                )?;
+            }
+            if let Some(max) = l.max_connections {
+                write!(out, "  max_connections {max}")?;
             }
             if let Some(tls) = &l.tls {
                 write!(

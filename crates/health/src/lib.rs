@@ -287,6 +287,8 @@ mod tests {
             slow_start: None,
             idle_connections: 0,
             idle_timeout: Duration::from_secs(4),
+            send_proxy_protocol: None,
+            max_connections_per_backend: None,
         };
         Arc::new(Pool::from_config(&config, known))
     }
