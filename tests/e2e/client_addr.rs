@@ -343,3 +343,110 @@ backends = ["{}"]
     assert_eq!(header.source, Some(addr("203.0.113.99:4321")));
     assert_eq!(header.destination, Some(addr("198.51.100.1:443")));
 }
+
+#[tokio::test]
+async fn a_tls_listener_reads_the_header_before_the_client_hello() {
+    let cert = crate::l4::TestCert::new(&["chat.example"]);
+    let entry = crate::tls::write_cert(&crate::tls::temp_dir(), "chat", &cert);
+    let backend = EchoBackend::spawn().await;
+    let proxy = Proxy::start(&format!(
+        r#"
+[[listeners]]
+name = "edge"
+listen = "127.0.0.1:0"
+tls = {{ certificates = [{entry}] }}
+accept_proxy_protocol = {{ from = ["127.0.0.1"] }}
+
+[[routes]]
+listener = "edge"
+pool = "main"
+
+[pools.main]
+backends = ["{}"]
+"#,
+        backend.addr()
+    ))
+    .await;
+    let mut tcp = TcpStream::connect(proxy.addr()).await.unwrap();
+    tcp.write_all(&v2(addr("203.0.113.5:999"), addr("198.51.100.1:443")))
+        .await
+        .unwrap();
+    let name = tokio_rustls::rustls::pki_types::ServerName::try_from("chat.example").unwrap();
+    let tls = crate::l4::connector(&[&cert])
+        .connect(name, tcp)
+        .await
+        .unwrap();
+    let (mut ws, _) = ws_handshake(tls, "chat.example", "/", &[]).await.unwrap();
+    ws_roundtrip(&mut ws, Message::text("hi")).await.unwrap();
+    assert!(wait_until(SOON, || backend.requests().len() == 1).await);
+    let request = &backend.requests()[0];
+    assert_eq!(request.header("x-forwarded-for"), Some("203.0.113.5"));
+    assert_eq!(request.header("x-forwarded-proto"), Some("https"));
+}
+
+#[tokio::test]
+async fn a_passthrough_listener_reads_the_header_before_the_client_hello() {
+    let cert = crate::l4::TestCert::new(&["a.example"]);
+    let tls_backend = crate::l4::TlsEcho::spawn(&cert).await;
+    let proxy = Proxy::start(&format!(
+        r#"
+[[listeners]]
+name = "tls"
+listen = "127.0.0.1:0"
+mode = "tls-passthrough"
+sni_routes = [{{ sni = "a.example", pool = "a" }}]
+accept_proxy_protocol = {{ from = ["127.0.0.1"] }}
+
+[pools.a]
+backends = ["{}"]
+"#,
+        tls_backend.addr
+    ))
+    .await;
+    let mut tcp = TcpStream::connect(proxy.addr()).await.unwrap();
+    tcp.write_all(&v1(addr("203.0.113.6:999"), addr("198.51.100.1:443")))
+        .await
+        .unwrap();
+    let name = tokio_rustls::rustls::pki_types::ServerName::try_from("a.example").unwrap();
+    let tls = crate::l4::connector(&[&cert])
+        .connect(name, tcp)
+        .await
+        .unwrap();
+    let (mut ws, _) = ws_handshake(tls, "a.example", "/", &[]).await.unwrap();
+    ws_roundtrip(&mut ws, Message::text("hi")).await.unwrap();
+    assert_eq!(tls_backend.connections(), 1);
+}
+
+#[tokio::test]
+async fn plain_requests_of_a_pool_sending_proxy_never_share_a_backend_connection() {
+    let backend = EchoBackend::spawn().await;
+    let proxy = Proxy::start(&sluice_e2e::config(
+        &[backend.addr()],
+        "round_robin\"\nsend_proxy_protocol = \"v1",
+        "",
+    ))
+    .await;
+    for last in [2u8, 3] {
+        let from = IpAddr::from([127, 0, 0, last]);
+        let mut raw = RawClient::connect_from(from, proxy.addr()).await.unwrap();
+        raw.send(b"GET / HTTP/1.1\r\nHost: h\r\nConnection: close\r\n\r\n")
+            .await
+            .unwrap();
+        let response = raw.finish(SOON).await;
+        assert_eq!(response.status, Some(200), "{response:?}");
+    }
+    let sources: Vec<Option<IpAddr>> = backend
+        .requests()
+        .iter()
+        .map(|r| r.proxy.as_ref().and_then(|p| p.source).map(|s| s.ip()))
+        .collect();
+    assert_eq!(
+        sources,
+        [
+            Some(IpAddr::from([127, 0, 0, 2])),
+            Some(IpAddr::from([127, 0, 0, 3]))
+        ]
+    );
+    assert_eq!(backend.handle().connections_accepted(), 2);
+    assert_eq!(proxy.server().idle_backend_connections(), 0);
+}
