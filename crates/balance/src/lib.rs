@@ -194,6 +194,9 @@ pub struct Pool {
     /// Most live connections per backend (`max_connections_per_backend`); a full backend is
     /// skipped like a down one.
     max_per_backend: Option<usize>,
+    /// The PROXY header version the proxy sends to these backends (health checks send
+    /// `LOCAL` ones), if any.
+    send_proxy_protocol: Option<sluice_config::ProxyVersion>,
 }
 
 impl Pool {
@@ -230,7 +233,8 @@ impl Pool {
             config.outlier.map(OutlierPolicy::from),
             config.slow_start,
         )
-        .with_max_per_backend(config.max_connections_per_backend);
+        .with_max_per_backend(config.max_connections_per_backend)
+        .with_send_proxy_protocol(config.send_proxy_protocol);
         let pool = match &config.hash {
             Some(policy) => pool.with_hash(policy.clone()),
             None => pool,
@@ -267,6 +271,7 @@ impl Pool {
             outlier: None,
             slow_start: None,
             max_per_backend: None,
+            send_proxy_protocol: None,
         }
     }
 
@@ -275,6 +280,20 @@ impl Pool {
     pub fn with_max_per_backend(mut self, max: Option<usize>) -> Self {
         self.max_per_backend = max;
         self
+    }
+
+    /// Records that connections to these backends open with a PROXY header of this version.
+    pub fn with_send_proxy_protocol(
+        mut self,
+        version: Option<sluice_config::ProxyVersion>,
+    ) -> Self {
+        self.send_proxy_protocol = version;
+        self
+    }
+
+    /// The PROXY header version connections to these backends open with, if any.
+    pub fn send_proxy_protocol(&self) -> Option<sluice_config::ProxyVersion> {
+        self.send_proxy_protocol
     }
 
     /// The cap on live connections per backend, if any.
