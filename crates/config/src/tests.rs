@@ -1485,6 +1485,15 @@ table_size = 1024
     );
     assert!(config.per_source.is_enabled());
     assert!(!ok(BASE).per_source.is_enabled());
+    assert!(
+        config.summary().contains(
+            "per source  max_connections 50  connection_rate 2.5/s (burst 3)  by /32 (IPv4), \
+             /56 (IPv6)  table_size 1024  exempt 10.1.0.0/16,2001:db8::/48\n"
+        ),
+        "{}",
+        config.summary()
+    );
+    assert!(!ok(BASE).summary().contains("per source"));
     let e = errors(&base(
         r#"[limits.per_source]
 connection_rate = 0
