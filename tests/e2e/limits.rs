@@ -208,3 +208,29 @@ async fn full_backends_are_skipped_and_503_when_all_are_full() {
     );
     tunnel_from(loopback(1), proxy.addr()).await;
 }
+
+#[tokio::test]
+async fn per_source_limits_reload_hot_but_the_table_shape_needs_a_restart() {
+    let backend = EchoBackend::spawn().await;
+    let with = |limits: &str| config(&[backend.addr()], "round_robin", limits);
+    let proxy = Proxy::start(&with("[limits.per_source]\nmax_connections = 1")).await;
+    let _held = tunnel_from(loopback(2), proxy.addr()).await;
+    assert_complete(&refused_from(loopback(2), proxy.addr()).await, 429);
+    // A higher limit applies to the next connection; the held one is still counted.
+    proxy
+        .reload(&with("[limits.per_source]\nmax_connections = 2"))
+        .await
+        .unwrap();
+    let _second = tunnel_from(loopback(2), proxy.addr()).await;
+    assert_complete(&refused_from(loopback(2), proxy.addr()).await, 429);
+    let refused = proxy
+        .reload(&with(
+            "[limits.per_source]\nmax_connections = 2\ntable_size = 128",
+        ))
+        .await
+        .unwrap_err();
+    assert!(
+        refused.to_string().contains("limits.per_source.table_size"),
+        "{refused}"
+    );
+}
