@@ -401,10 +401,10 @@ async fn consecutive_failures_eject_a_backend_for_its_cool_down() {
     let refusing = refused_addr();
     let hole = Blackhole::spawn().await;
     // The cool-down outlasts the handshakes that follow the ejection and the check of the
-    // ejected state, however slow a loaded machine makes them; the response timeout leaves the
-    // good backend time to answer.
+    // ejected state, and the slow start is long enough to be seen, however slow a loaded
+    // machine makes them; the response timeout leaves the good backend time to answer.
     let outlier =
-        "outlier = { consecutive_failures = 3, cool_down = \"3s\" }\nslow_start = \"1s\"\n";
+        "outlier = { consecutive_failures = 3, cool_down = \"3s\" }\nslow_start = \"10s\"\n";
     let toml = format!(
         "{}{outlier}\n[pools.slow]\nbackends = [\"{}\", \"{}\"]\n{outlier}",
         config(
@@ -427,8 +427,6 @@ async fn consecutive_failures_eject_a_backend_for_its_cool_down() {
         .unwrap()
         .health_counters();
     assert_eq!((counters.ejections, counters.connect_failures), (1, 3));
-    // After the cool-down: back, easing in.
-    assert!(wait_health(&proxy, "main", refusing, &["slow_start"]).await);
 
     // A backend that never answers: each such handshake is a 504 (the request was sent, so it
     // is not retried), and the third in a row ejects it.
@@ -447,6 +445,8 @@ async fn consecutive_failures_eject_a_backend_for_its_cool_down() {
         "{statuses:?}"
     );
     assert_eq!(health(&proxy, "slow", hole.addr()), "ejected");
+    // After its cool-down (which ran meanwhile), the refusing one of `main` is back, easing in.
+    assert!(wait_health(&proxy, "main", refusing, &["slow_start"]).await);
 }
 
 /// A reload keeps each backend's health (a down backend stays down) and its checker: as many
