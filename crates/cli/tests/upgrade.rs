@@ -12,13 +12,12 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
-use common::{Sluice, free_port, temp_file};
+use common::{Sluice, temp_file};
 use futures_util::{SinkExt, StreamExt};
 use sluice_testkit::{EchoBackend, Message, WsStream, ws_connect};
 
-fn config(port: u16, backends: &[SocketAddr]) -> String {
+fn config(backends: &[SocketAddr]) -> String {
     common::config(
-        port,
         backends,
         "balance = \"round_robin\"",
         "[timeouts]\nshutdown = \"30s\"\nshutdown_spread = \"1s\"",
@@ -124,10 +123,9 @@ fn socket_beside(config: &Path) -> PathBuf {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn upgrades_chain_without_refusing_a_client_and_predecessors_drain_their_tunnels() {
     let backend = EchoBackend::spawn_named("one").await;
-    let port = free_port();
-    let path = temp_file("sluice.toml", &config(port, &[backend.addr()]));
+    let path = temp_file("sluice.toml", &config(&[backend.addr()]));
     let socket = socket_beside(&path);
-    let first = Sluice::start(&path, port, &args("--upgrade-socket", &socket)).await;
+    let first = Sluice::start(&path, &args("--upgrade-socket", &socket)).await;
 
     // Tunnels opened through the first process, and clients connecting all along.
     let mut tunnels = Vec::new();
@@ -137,7 +135,7 @@ async fn upgrades_chain_without_refusing_a_client_and_predecessors_drain_their_t
     let clients = Clients::start(first.addr);
     clients.wait_more(5).await;
 
-    let second = Sluice::start(&path, port, &args("--upgrade-from", &socket)).await;
+    let second = Sluice::start(&path, &args("--upgrade-from", &socket)).await;
     second
         .wait_log(&["took over", "predecessor"], Duration::from_secs(30))
         .await;
@@ -159,7 +157,7 @@ async fn upgrades_chain_without_refusing_a_client_and_predecessors_drain_their_t
     clients.wait_more(5).await;
 
     // The successor can be upgraded in turn, at the same socket path.
-    let third = Sluice::start(&path, port, &args("--upgrade-from", &socket)).await;
+    let third = Sluice::start(&path, &args("--upgrade-from", &socket)).await;
     third
         .wait_log(&["took over", "predecessor"], Duration::from_secs(30))
         .await;
@@ -184,10 +182,9 @@ async fn upgrades_chain_without_refusing_a_client_and_predecessors_drain_their_t
 #[tokio::test]
 async fn a_successor_that_fails_leaves_the_predecessor_serving() {
     let backend = EchoBackend::spawn_named("one").await;
-    let port = free_port();
-    let path = temp_file("sluice.toml", &config(port, &[backend.addr()]));
+    let path = temp_file("sluice.toml", &config(&[backend.addr()]));
     let socket = socket_beside(&path);
-    let first = Sluice::start(&path, port, &args("--upgrade-socket", &socket)).await;
+    let first = Sluice::start(&path, &args("--upgrade-socket", &socket)).await;
     let mut ws = ws_connect(first.addr, "/", &[]).await.unwrap().0;
 
     // The successor's configuration has a second listener on a port that is taken: it gets
@@ -195,7 +192,7 @@ async fn a_successor_that_fails_leaves_the_predecessor_serving() {
     let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let broken = format!(
         "{}\n[[listeners]]\nname = \"extra\"\nmode = \"tcp\"\nlisten = \"{}\"\npool = \"echo\"\n",
-        config(port, &[backend.addr()]),
+        config(&[backend.addr()]),
         taken.local_addr().unwrap()
     );
     let broken_path = temp_file("broken.toml", &broken);
@@ -229,7 +226,7 @@ async fn a_successor_that_fails_leaves_the_predecessor_serving() {
     assert_eq!(out.status.code(), Some(1));
 
     // A proper successor still takes over.
-    let second = Sluice::start(&path, port, &args("--upgrade-from", &socket)).await;
+    let second = Sluice::start(&path, &args("--upgrade-from", &socket)).await;
     first
         .wait_log(&["upgraded", "successor"], Duration::from_secs(30))
         .await;
