@@ -187,7 +187,7 @@ async fn a_client_that_never_starts_tls_is_closed_at_the_handshake_timeout() {
 }
 
 /// The error `bind` gives for this configuration.
-async fn start_error(toml: &str) -> String {
+pub(crate) async fn start_error(toml: &str) -> String {
     let config = sluice_config::parse(toml, "t.toml").unwrap();
     let server = sluice_proxy::Server::new(config);
     server.bind().await.unwrap_err().to_string()

@@ -275,6 +275,7 @@ pub(crate) mod tests {
             slow_start: None,
             idle_connections: 0,
             idle_timeout: std::time::Duration::from_secs(4),
+            tls: None,
         }
     }
 

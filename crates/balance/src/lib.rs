@@ -724,6 +724,7 @@ mod tests {
             slow_start: None,
             idle_connections: 0,
             idle_timeout: std::time::Duration::from_secs(4),
+            tls: None,
         };
         let old = Pool::from_config(&config(&[1, 2]), |_| None);
         let _live = old.backends()[1].acquire();

@@ -139,6 +139,18 @@ impl Config {
             if let Some(window) = p.slow_start {
                 write!(out, "  slow_start {}", human(window))?;
             }
+            if let Some(tls) = &p.tls {
+                write!(
+                    out,
+                    "  tls (sni {}, {})",
+                    tls.sni.as_deref().unwrap_or("none"),
+                    if tls.verify {
+                        "verified"
+                    } else {
+                        "NOT verified"
+                    }
+                )?;
+            }
             writeln!(out)?;
         }
 

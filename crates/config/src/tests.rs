@@ -96,6 +96,7 @@ fn a_minimal_file_parses_with_defaults() {
                 slow_start: None,
                 idle_connections: 16,
                 idle_timeout: Duration::from_secs(4),
+                tls: None,
             }],
             timeouts: Timeouts::default(),
             limits: Limits::default(),

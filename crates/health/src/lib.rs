@@ -53,6 +53,7 @@ use std::time::Duration;
 
 use sluice_balance::{Backend, Pool, Transition};
 use sluice_config::HealthCheck;
+use sluice_tls::Upstream;
 use tokio::task::JoinHandle;
 use tokio::time::{Instant, sleep, sleep_until};
 use tracing::{debug, info, warn};
@@ -75,6 +76,8 @@ pub struct HealthChecks {
 struct Checker {
     backend: Arc<Backend>,
     check: HealthCheck,
+    /// The pool's TLS of the generation that started the checker.
+    tls: Option<Arc<Upstream>>,
     task: JoinHandle<()>,
 }
 
@@ -108,21 +111,38 @@ impl HealthChecks {
     /// a pool with a check that has none, stops those whose backend or pool is gone or whose
     /// check changed, and keeps the rest running untouched. A backend whose pool no longer has
     /// a check is up again as far as active checks are concerned.
-    pub fn update(&mut self, pools: &[Arc<Pool>]) -> Updated {
-        let mut wanted: HashMap<(String, SocketAddr), (&Arc<Backend>, &HealthCheck)> =
-            HashMap::new();
-        for pool in pools {
+    ///
+    /// `tls(i)`: the TLS to the backends of `pools[i]` (`None`: plain TCP). A checker of a TLS
+    /// pool is restarted when the pool's TLS is another generation's (a reload may have changed
+    /// the CA), so checks always verify as new connections do.
+    pub fn update(
+        &mut self,
+        pools: &[Arc<Pool>],
+        tls: impl Fn(usize) -> Option<Arc<Upstream>>,
+    ) -> Updated {
+        let mut wanted: HashMap<(String, SocketAddr), Wanted<'_>> = HashMap::new();
+        for (index, pool) in pools.iter().enumerate() {
             let Some(check) = pool.health_check() else {
                 continue;
             };
+            let tls = tls(index);
             for backend in pool.backends() {
-                wanted.insert((pool.name().to_owned(), backend.addr()), (backend, check));
+                wanted.insert(
+                    (pool.name().to_owned(), backend.addr()),
+                    (backend, check, tls.clone()),
+                );
             }
         }
         let mut updated = Updated::default();
         self.checkers.retain(|key, checker| {
-            let keep = wanted.get(key).is_some_and(|(backend, check)| {
-                Arc::ptr_eq(backend, &checker.backend) && **check == checker.check
+            let keep = wanted.get(key).is_some_and(|(backend, check, tls)| {
+                Arc::ptr_eq(backend, &checker.backend)
+                    && **check == checker.check
+                    && match (tls, &checker.tls) {
+                        (None, None) => true,
+                        (Some(new), Some(old)) => Arc::ptr_eq(new, old),
+                        _ => false,
+                    }
             });
             if !keep {
                 checker.task.abort();
@@ -133,7 +153,7 @@ impl HealthChecks {
             }
             keep
         });
-        for (key, (backend, check)) in wanted {
+        for (key, (backend, check, tls)) in wanted {
             if self.checkers.contains_key(&key) {
                 updated.kept += 1;
                 continue;
@@ -143,6 +163,7 @@ impl HealthChecks {
                 key.0.clone().into(),
                 Arc::clone(backend),
                 check.clone(),
+                tls.clone(),
                 rng,
             ));
             self.checkers.insert(
@@ -150,6 +171,7 @@ impl HealthChecks {
                 Checker {
                     backend: Arc::clone(backend),
                     check: check.clone(),
+                    tls,
                     task,
                 },
             );
@@ -184,8 +206,17 @@ impl Drop for HealthChecks {
     }
 }
 
+/// What a pool wants checked for one backend: the backend, its check, the pool's TLS.
+type Wanted<'a> = (&'a Arc<Backend>, &'a HealthCheck, Option<Arc<Upstream>>);
+
 /// One backend's checker, until aborted.
-async fn run(pool: Arc<str>, backend: Arc<Backend>, check: HealthCheck, mut rng: Rng) {
+async fn run(
+    pool: Arc<str>,
+    backend: Arc<Backend>,
+    check: HealthCheck,
+    tls: Option<Arc<Upstream>>,
+    mut rng: Rng,
+) {
     let addr = backend.addr();
     let kind = check.kind.as_str();
     debug!(pool = %pool, backend = %addr, kind, interval = ?check.interval, "health checks started");
@@ -198,7 +229,7 @@ async fn run(pool: Arc<str>, backend: Arc<Backend>, check: HealthCheck, mut rng:
             ping: rng.bytes(),
             masks: [rng.bytes(), rng.bytes()],
         };
-        let result = check::run(&check, addr, nonce).await;
+        let result = check::run(&check, addr, tls.as_deref(), nonce).await;
         if let Err(error) = &result {
             debug!(pool = %pool, backend = %addr, kind, reason = error.failure().label(), %error, "health check failed");
         }
@@ -287,6 +318,7 @@ mod tests {
             slow_start: None,
             idle_connections: 0,
             idle_timeout: Duration::from_secs(4),
+            tls: None,
         };
         Arc::new(Pool::from_config(&config, known))
     }
@@ -334,7 +366,7 @@ mod tests {
             pool("plain", &[a.addr()], None),
         ];
         assert_eq!(
-            checks.update(&first),
+            checks.update(&first, |_| None),
             Updated {
                 started: 2,
                 stopped: 0,
@@ -349,7 +381,7 @@ mod tests {
             |addr| first[0].backend(addr).cloned(),
         )];
         assert_eq!(
-            checks.update(&same),
+            checks.update(&same, |_| None),
             Updated {
                 started: 0,
                 stopped: 0,
@@ -363,7 +395,7 @@ mod tests {
             same[0].backend(addr).cloned()
         })];
         assert_eq!(
-            checks.update(&changed),
+            checks.update(&changed, |_| None),
             Updated {
                 started: 1,
                 stopped: 2,
@@ -394,7 +426,7 @@ mod tests {
         );
         let mut checks = HealthChecks::new();
         let pools = vec![pool("chat", &[bad.addr(), refused_addr()], Some(ws))];
-        checks.update(&pools);
+        checks.update(&pools, |_| None);
         let [status, refused] = [&pools[0].backends()[0], &pools[0].backends()[1]];
         assert!(
             wait_until(Duration::from_secs(5), || {
@@ -422,7 +454,7 @@ mod tests {
         let unchecked = vec![pool_with("chat", &[bad.addr()], None, |addr| {
             pools[0].backend(addr).cloned()
         })];
-        checks.update(&unchecked);
+        checks.update(&unchecked, |_| None);
         assert!(unchecked[0].backends()[0].is_available());
         assert!(checks.is_empty());
     }

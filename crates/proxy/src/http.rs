@@ -46,8 +46,8 @@ use sluice_handshake::{
     framing_lines, parse_request, precheck_body, read_request_head, read_response_head,
     write_plain_request, write_plain_response, write_set_cookie,
 };
+use sluice_tls::BackendStream;
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
-use tokio::net::TcpStream;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, warn};
@@ -270,6 +270,7 @@ async fn exchange(
         .pool(pool_index)
         .ok_or(HandshakeError::ListenerGone)?;
     let pool_config = config.pool(pool.name());
+    let tls = snapshot.upstream(pool_index).map(AsRef::as_ref);
     let framing = BodyFraming::request(request)?;
     precheck_body(framing, buf, limits.max_body_bytes, limits.max_head_bytes)?;
 
@@ -305,7 +306,7 @@ async fn exchange(
         reused,
     } = shared
         .idle
-        .checkout(pool, affinity, timeouts.connect)
+        .checkout(pool, tls, affinity, timeouts.connect)
         .await?;
     let addr = guard.addr();
     if reused {
@@ -336,7 +337,7 @@ async fn exchange(
         if retryable {
             debug!(backend = %addr, %error, "pooled connection closed by the backend; sending again");
             shared.stats.count_stale_retry();
-            stream = match pool::connect(addr, timeouts.connect).await {
+            stream = match pool::connect(addr, tls, timeouts.connect).await {
                 Ok(stream) => stream,
                 Err(error) => {
                     crate::health::connect_failed(
@@ -367,6 +368,7 @@ async fn exchange(
                     shared.idle.put(
                         pool.name(),
                         addr,
+                        tls,
                         stream,
                         pool_config.idle_connections,
                         pool_config.idle_timeout,
@@ -422,7 +424,7 @@ async fn forward(
     plan: &Plan<'_>,
     client: &mut ClientStream,
     buf: &mut BytesMut,
-    backend: &mut TcpStream,
+    backend: &mut BackendStream,
     addr: SocketAddr,
 ) -> Result<Exchanged, Attempt> {
     let io = |source| HandshakeError::BackendIo {
