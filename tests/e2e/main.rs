@@ -6,6 +6,7 @@
 
 mod admin;
 mod backends;
+mod discovery;
 mod health;
 mod hostile;
 mod http;
@@ -13,6 +14,7 @@ mod l4;
 mod relay;
 mod reload;
 mod routing;
+mod source;
 mod sticky;
 mod tls;
 mod websocket;

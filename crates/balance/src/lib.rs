@@ -716,6 +716,8 @@ mod tests {
                     weight: 1,
                 })
                 .collect(),
+            discovery: None,
+            source_addrs: Vec::new(),
             connect_attempts: 2,
             drain_timeout: None,
             drain_spread: std::time::Duration::ZERO,

@@ -277,7 +277,13 @@ async fn upgrade_request(
         guard,
         set_cookie,
         took,
-    } = connect(pool, affinity, timeouts.connect).await?;
+    } = connect(
+        pool,
+        snapshot.sources(pool_index),
+        affinity,
+        timeouts.connect,
+    )
+    .await?;
     if let Some(metrics) = snapshot.pool_metrics(pool_index) {
         metrics.connect_duration.record(took.as_secs_f64());
     }
@@ -364,6 +370,7 @@ pub(crate) struct Connected {
 /// connect timeouts move on to the next candidate; the last failure is the answer.
 pub(crate) async fn connect(
     pool: &Pool,
+    sources: &crate::source::Sources,
     affinity: Affinity<'_>,
     timeout: Duration,
 ) -> Result<Connected, HandshakeError> {
@@ -372,7 +379,7 @@ pub(crate) async fn connect(
     while let Some(guard) = picker.next_backend() {
         let addr = guard.addr();
         let started = Instant::now();
-        match tokio::time::timeout(timeout, TcpStream::connect(addr)).await {
+        match tokio::time::timeout(timeout, sources.connect(addr)).await {
             Ok(Ok(stream)) => {
                 let _ = stream.set_nodelay(true);
                 debug!(

@@ -305,7 +305,12 @@ async fn exchange(
         reused,
     } = shared
         .idle
-        .checkout(pool, affinity, timeouts.connect)
+        .checkout(
+            pool,
+            snapshot.sources(pool_index),
+            affinity,
+            timeouts.connect,
+        )
         .await?;
     let addr = guard.addr();
     if reused {
@@ -336,7 +341,8 @@ async fn exchange(
         if retryable {
             debug!(backend = %addr, %error, "pooled connection closed by the backend; sending again");
             shared.stats.count_stale_retry();
-            stream = match pool::connect(addr, timeouts.connect).await {
+            stream = match pool::connect(snapshot.sources(pool_index), addr, timeouts.connect).await
+            {
                 Ok(stream) => stream,
                 Err(error) => {
                     crate::health::connect_failed(

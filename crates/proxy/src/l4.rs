@@ -95,7 +95,12 @@ pub(crate) async fn serve(
         key: key.as_deref(),
     };
     let connected = tokio::select! {
-        connected = conn::connect(pool, affinity, config.timeouts.connect) => connected,
+        connected = conn::connect(
+            pool,
+            snapshot.sources(pool_index),
+            affinity,
+            config.timeouts.connect,
+        ) => connected,
         () = shared.stop_tunnels.cancelled() => return,
     };
     let Connected {

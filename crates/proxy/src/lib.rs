@@ -22,6 +22,7 @@
 mod accept;
 mod admin;
 mod conn;
+mod discovery;
 mod health;
 mod http;
 mod l4;
@@ -29,6 +30,7 @@ mod limits;
 mod pool;
 mod reload;
 mod snapshot;
+mod source;
 mod stats;
 mod status;
 mod stream;
@@ -53,6 +55,7 @@ use tracing::{info, warn};
 pub use limits::derived_max_connections;
 pub use reload::{ReloadError, ReloadStats};
 pub use snapshot::{ListenerRuntime, Snapshot, check_tls};
+pub use source::check as check_sources;
 pub use stats::{Stats, StatusClass};
 
 use reload::Control;
@@ -80,6 +83,9 @@ pub enum ProxyError {
     /// Certificates of a TLS listener could not be loaded, one line per problem.
     #[error("TLS certificates:\n{}", .0.join("\n"))]
     Tls(Vec<String>),
+    /// A pool's source address cannot be bound on this host, one line per address.
+    #[error("source addresses:\n{}", .0.join("\n"))]
+    SourceAddrs(Vec<String>),
 }
 
 /// A listening socket bound for one configured listener.
@@ -199,6 +205,11 @@ impl Server {
         if !snapshot.tls_errors().is_empty() {
             return Err(ProxyError::Tls(snapshot.tls_errors().to_vec()));
         }
+        let sources = source::check(snapshot.config());
+        if !sources.is_empty() {
+            return Err(ProxyError::SourceAddrs(sources));
+        }
+        self.discover_at_start().await;
         let mut bound = Vec::with_capacity(snapshot.config().listeners.len());
         for listener in &snapshot.config().listeners {
             bound.push(accept::bind_listener(listener)?);
@@ -210,6 +221,29 @@ impl Server {
             state.bound = Some(listener.listener);
         }
         Ok(bound)
+    }
+
+    /// Resolves the discovery of every pool that has one, once (by `bind`, or by `run` when
+    /// it was not called), before anything is accepted; the first snapshot takes the answers.
+    async fn discover_at_start(&self) {
+        let mut control = self.shared.control.lock().await;
+        if control.resolved_at_start {
+            return;
+        }
+        control.resolved_at_start = true;
+        let snapshot = self.shared.snapshot.load_full();
+        if snapshot
+            .config()
+            .pools
+            .iter()
+            .all(|p| p.discovery.is_none())
+        {
+            return;
+        }
+        let (config, next) = discovery::resolve_at_start(snapshot.config().clone()).await;
+        let resolved = Snapshot::build(Arc::new(config), snapshot.generation(), |_, _| None);
+        self.shared.snapshot.store(Arc::new(resolved));
+        control.first_resolution = next;
     }
 
     /// The admin listener's address, once bound.
@@ -299,7 +333,8 @@ impl Server {
         self.shared.control.lock().await.listener_addrs()
     }
 
-    /// Serves on these listeners until `shutdown` resolves; then stops accepting, gives live
+    /// Serves on these listeners until `shutdown` resolves (pools with DNS discovery are
+    /// resolved first: no connection is accepted before); then stops accepting, gives live
     /// connections until the shutdown deadline to finish, closes what is left (oldest first,
     /// spread over the end of the deadline), and returns.
     pub async fn run(
@@ -308,6 +343,7 @@ impl Server {
         shutdown: impl Future<Output = ()>,
     ) -> Result<(), ProxyError> {
         {
+            self.discover_at_start().await;
             let snapshot = self.shared.snapshot.load_full();
             if let Some(l) = listeners
                 .iter()
@@ -324,6 +360,8 @@ impl Server {
                 control.start_listener(&self.shared, l, configured);
             }
             health::snapshot_live(&mut control.health, None, &snapshot);
+            let next = std::mem::take(&mut control.first_resolution);
+            control.discovery.follow(&self.shared, &snapshot, &next);
             self.shared.ready.store(true, Ordering::Relaxed);
             sluice_metrics::global::ready(true);
             let mut admin = self.admin_state();
@@ -352,6 +390,7 @@ impl Server {
         let mut control = shared.control.lock().await;
         control.stop_all_listeners().await;
         control.health.stop();
+        control.discovery.stop();
         shared.tasks.close();
         // Keep-alive connections waiting for a request close now; none is reused again.
         shared.closing.cancel();

@@ -27,6 +27,8 @@ use tokio::net::TcpStream;
 use tokio::time::Instant;
 use tracing::{debug, warn};
 
+use crate::source::Sources;
+
 /// The idle backend connections of one server.
 #[derive(Debug, Default)]
 pub(crate) struct IdlePool {
@@ -65,6 +67,7 @@ impl IdlePool {
     pub(crate) async fn checkout(
         &self,
         pool: &Pool,
+        sources: &Sources,
         affinity: Affinity<'_>,
         connect_timeout: Duration,
     ) -> Result<Lease, HandshakeError> {
@@ -81,7 +84,7 @@ impl IdlePool {
                     reused: true,
                 });
             }
-            match connect(addr, connect_timeout).await {
+            match connect(sources, addr, connect_timeout).await {
                 Ok(stream) => {
                     debug!(
                         backend = %addr,
@@ -173,10 +176,11 @@ impl IdlePool {
 
 /// One TCP connect to a backend, within `timeout`.
 pub(crate) async fn connect(
+    sources: &Sources,
     addr: SocketAddr,
     timeout: Duration,
 ) -> Result<TcpStream, HandshakeError> {
-    match tokio::time::timeout(timeout, TcpStream::connect(addr)).await {
+    match tokio::time::timeout(timeout, sources.connect(addr)).await {
         Ok(Ok(stream)) => {
             let _ = stream.set_nodelay(true);
             Ok(stream)

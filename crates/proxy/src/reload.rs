@@ -51,6 +51,13 @@ pub enum ReloadError {
     /// does not match its certificate, a route host no certificate covers).
     #[error("TLS certificates:\n{}", .0.join("\n"))]
     Tls(Vec<String>),
+    /// A pool's discovery changed and its new question could not be resolved (the running
+    /// configuration keeps its last good backends), one line per pool.
+    #[error("DNS discovery:\n{}", .0.join("\n"))]
+    Discovery(Vec<String>),
+    /// A pool's source address cannot be bound on this host, one line per address.
+    #[error("source addresses:\n{}", .0.join("\n"))]
+    SourceAddrs(Vec<String>),
     /// The server is shutting down.
     #[error("the server is shutting down")]
     ShuttingDown,
@@ -64,6 +71,8 @@ impl ReloadError {
             Self::RestartRequired { .. } => "restart_required",
             Self::Bind(_) => "bind_failed",
             Self::Tls(_) => "tls_failed",
+            Self::Discovery(_) => "discovery_failed",
+            Self::SourceAddrs(_) => "source_addrs",
             Self::ShuttingDown => "shutting_down",
         }
     }
@@ -121,6 +130,12 @@ pub(crate) struct Control {
     shutting_down: bool,
     /// One checker per backend of the live snapshot's checked pools (`health.rs`).
     pub(crate) health: sluice_health::HealthChecks,
+    /// One DNS resolution loop per pool with discovery (`discovery.rs`).
+    pub(crate) discovery: crate::discovery::Watchers,
+    /// Whether the start-up resolution of discovered pools was done.
+    pub(crate) resolved_at_start: bool,
+    /// When each pool resolved at start asks again (taken by `run`).
+    pub(crate) first_resolution: HashMap<String, Duration>,
 }
 
 impl Control {
@@ -164,6 +179,10 @@ impl Control {
             let _ = l.task.await;
             info!(listener = %name, addr = %l.local, "listener closed");
         }
+    }
+
+    pub(crate) fn shutting_down(&self) -> bool {
+        self.shutting_down
     }
 
     pub(crate) async fn stop_all_listeners(&mut self) {
@@ -236,13 +255,44 @@ impl Server {
         }
         let old = shared.snapshot.load_full();
         restart_only(old.config(), &config)?;
+        let sources = crate::source::check(&config);
+        if !sources.is_empty() {
+            return Err(ReloadError::SourceAddrs(sources));
+        }
+        // Pools with discovery: the backends resolved so far when the question is the same,
+        // else resolved now; nothing is committed before.
+        let (config, next) = crate::discovery::fill(&old, config)
+            .await
+            .map_err(ReloadError::Discovery)?;
+        let done = commit(shared, &mut control, &old, config, &next).await?;
+        info!(
+            generation = done.generation,
+            listeners_removed = done.listeners_removed,
+            listeners_started = done.listeners_started,
+            "configuration reloaded"
+        );
+        Ok(done.generation)
+    }
+}
 
+/// Steps 1 to 4 of a reload (module documentation) for `config`, whose discovered backends are
+/// filled in: build the next snapshot beside `old`, bind new listeners, commit, retire dropped
+/// backends. Reloads and discovery changes both end here, under the control lock. `next`: when
+/// new discovery loops first ask again, by pool.
+pub(crate) async fn commit(
+    shared: &Arc<Shared>,
+    control: &mut Control,
+    old: &Arc<Snapshot>,
+    config: Config,
+    next: &HashMap<String, Duration>,
+) -> Result<Committed, ReloadError> {
+    {
         // 1. The next snapshot, beside the live one.
         let generation = old.generation() + 1;
         let snapshot = Arc::new(Snapshot::build(
             Arc::new(config),
             generation,
-            |pool, addr| control.known_backend(&old, pool, addr),
+            |pool, addr| control.known_backend(old, pool, addr),
         ));
         if !snapshot.tls_errors().is_empty() {
             return Err(ReloadError::Tls(snapshot.tls_errors().to_vec()));
@@ -275,22 +325,28 @@ impl Server {
             control.stop_listener(name).await;
         }
         shared.snapshot.store(Arc::clone(&snapshot));
-        crate::health::snapshot_live(&mut control.health, Some(&old), &snapshot);
+        crate::health::snapshot_live(&mut control.health, Some(old), &snapshot);
+        control.discovery.follow(shared, &snapshot, next);
         let started = to_start.len();
         for (listener, configured) in to_start {
             control.start_listener(shared, listener, configured);
         }
 
         // 4. Backends dropped by this reload drain; backends added back stop draining.
-        retire_dropped(&mut control, shared, &old, &snapshot);
-        info!(
+        retire_dropped(control, shared, old, &snapshot);
+        Ok(Committed {
             generation,
-            listeners_removed = to_stop.len(),
-            listeners_started = started,
-            "configuration reloaded"
-        );
-        Ok(generation)
+            listeners_removed: to_stop.len(),
+            listeners_started: started,
+        })
     }
+}
+
+/// What a commit did.
+pub(crate) struct Committed {
+    pub(crate) generation: u64,
+    listeners_removed: usize,
+    listeners_started: usize,
 }
 
 /// Settings whose state was created at start (the pipe pool, the connection semaphore).

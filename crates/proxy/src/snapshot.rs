@@ -12,6 +12,8 @@ use sluice_metrics::{BackendMetrics, ListenerMetrics, PoolMetrics};
 use sluice_tls::{CertificateFiles, NamePattern, ServerCertificates, SniMap, WildcardDepth};
 use tracing::warn;
 
+use crate::source::Sources;
+
 /// Routes, pools and balancer state of one configuration generation.
 #[derive(Debug)]
 pub struct Snapshot {
@@ -21,6 +23,8 @@ pub struct Snapshot {
     /// Metric handles of each pool, and of each of its backends (same order as the pool's).
     /// Shared (`Arc`) so a connection holds them past the snapshot without copying labels.
     pool_metrics: Vec<(Arc<PoolMetrics>, Vec<Arc<BackendMetrics>>)>,
+    /// Each pool's source addresses (same order as the pools).
+    sources: Vec<Sources>,
     listeners: Vec<ListenerRuntime>,
     /// Certificates that could not be loaded: the snapshot must not go live (start and reload
     /// refuse it).
@@ -122,11 +126,17 @@ impl Snapshot {
                 (Arc::new(PoolMetrics::new(pool.name())), backends)
             })
             .collect();
+        let sources = config
+            .pools
+            .iter()
+            .map(|p| Sources::new(&p.name, &p.source_addrs))
+            .collect();
         Self {
             generation,
             config,
             pools,
             pool_metrics,
+            sources,
             listeners,
             tls_errors,
         }
@@ -160,6 +170,11 @@ impl Snapshot {
     /// The metric handles of the pool at a router's index.
     pub fn pool_metrics(&self, index: usize) -> Option<&Arc<PoolMetrics>> {
         self.pool_metrics.get(index).map(|(pool, _)| pool)
+    }
+
+    /// The source addresses of the pool at a router's index (none when it has none).
+    pub(crate) fn sources(&self, index: usize) -> &Sources {
+        self.sources.get(index).unwrap_or(&crate::source::NONE)
     }
 
     /// The metric handles of a backend of the pool at a router's index.
