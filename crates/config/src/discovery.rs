@@ -51,16 +51,8 @@ pub(crate) fn discovery(r: &mut Reader<'_>, item: Item<'_, '_>) -> Option<Discov
         }
         all
     });
-    let mut positive = |key: &str, default| {
-        t.optional(key, default, |item| {
-            let d = item.duration(r)?;
-            if d.is_zero() {
-                r.report(&item, "must be greater than zero");
-                return None;
-            }
-            Some(d)
-        })
-    };
+    let mut positive =
+        |key: &str, default| t.optional(key, default, |item| item.positive_duration(r));
     let min_interval = positive("min_interval", defaults::DISCOVERY_MIN_INTERVAL);
     let max_interval = positive("max_interval", defaults::DISCOVERY_MAX_INTERVAL);
     let timeout = positive("timeout", defaults::DISCOVERY_TIMEOUT);

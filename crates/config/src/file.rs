@@ -802,16 +802,8 @@ fn header(r: &mut Reader<'_>, item: Item<'_, '_>) -> Option<HeaderMatch> {
 
 fn timeouts(r: &mut Reader<'_>, item: Item<'_, '_>) -> Option<Timeouts> {
     let t = item.table(r, &TIMEOUTS)?;
-    let mut positive = |key: &str, default| {
-        t.optional(key, default, |item| {
-            let d = item.duration(r)?;
-            if d.is_zero() {
-                r.report(&item, "must be greater than zero");
-                return None;
-            }
-            Some(d)
-        })
-    };
+    let mut positive =
+        |key: &str, default| t.optional(key, default, |item| item.positive_duration(r));
     let handshake = positive("handshake", defaults::HANDSHAKE_TIMEOUT);
     let connect = positive("connect", defaults::CONNECT_TIMEOUT);
     let response = positive("response", defaults::RESPONSE_TIMEOUT);

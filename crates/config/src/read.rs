@@ -269,6 +269,16 @@ impl<'a, 'i> Item<'a, 'i> {
         }
     }
 
+    /// A duration greater than zero.
+    pub(crate) fn positive_duration(&self, r: &mut Reader<'_>) -> Option<Duration> {
+        let d = self.duration(r)?;
+        if d.is_zero() {
+            r.report(self, "must be greater than zero");
+            return None;
+        }
+        Some(d)
+    }
+
     /// An `IP:port` socket address (`"127.0.0.1:8080"`, `"[::1]:8080"`).
     pub(crate) fn socket_addr(&self, r: &mut Reader<'_>) -> Option<SocketAddr> {
         let text = self.str(r)?;

@@ -70,14 +70,15 @@ async fn ask(
     let deadline = Instant::now() + timeout;
     let id: u16 = rand::random();
     let request = request(id, name, rtype)?;
-    let answer = timeout_at(deadline, udp(server, &request, id, name, rtype))
+    let question = Question { id, name, rtype };
+    let answer = timeout_at(deadline, udp(server, &request, &question))
         .await
         .map_err(|_| QueryError::Timeout(timeout))??;
     if !answer.truncated() {
         return Ok(answer);
     }
     let deadline = Instant::now() + timeout;
-    timeout_at(deadline, tcp(server, &request, id, name, rtype))
+    timeout_at(deadline, tcp(server, &request, &question))
         .await
         .map_err(|_| QueryError::Timeout(timeout))?
 }
@@ -98,12 +99,17 @@ fn request(id: u16, name: &Name, rtype: RecordType) -> Result<Vec<u8>, QueryErro
         .map_err(|e| QueryError::Malformed(e.to_string()))
 }
 
+/// What an answer must answer.
+struct Question<'a> {
+    id: u16,
+    name: &'a Name,
+    rtype: RecordType,
+}
+
 async fn udp(
     server: SocketAddr,
     request: &[u8],
-    id: u16,
-    name: &Name,
-    rtype: RecordType,
+    question: &Question<'_>,
 ) -> Result<Message, QueryError> {
     let local: SocketAddr = if server.is_ipv4() {
         (Ipv4Addr::UNSPECIFIED, 0).into()
@@ -120,7 +126,7 @@ async fn udp(
         let n = socket.recv(&mut buf).await?;
         // Anything that is not the answer to this question is ignored (a late answer to an
         // earlier query, garbage): the deadline bounds the wait.
-        if let Some(answer) = buf.get(..n).and_then(|b| answer_to(b, id, name, rtype)) {
+        if let Some(answer) = buf.get(..n).and_then(|b| answer_to(b, question)) {
             return Ok(answer);
         }
     }
@@ -129,9 +135,7 @@ async fn udp(
 async fn tcp(
     server: SocketAddr,
     request: &[u8],
-    id: u16,
-    name: &Name,
-    rtype: RecordType,
+    question: &Question<'_>,
 ) -> Result<Message, QueryError> {
     let mut stream = TcpStream::connect(server).await?;
     let len =
@@ -143,19 +147,19 @@ async fn tcp(
     let len = stream.read_u16().await?;
     let mut buf = vec![0u8; usize::from(len)];
     stream.read_exact(&mut buf).await?;
-    answer_to(&buf, id, name, rtype)
+    answer_to(&buf, question)
         .ok_or_else(|| QueryError::Malformed("the TCP answer does not match the question".into()))
 }
 
 /// The message in `bytes` if it is the answer to this question.
-fn answer_to(bytes: &[u8], id: u16, name: &Name, rtype: RecordType) -> Option<Message> {
+fn answer_to(bytes: &[u8], question: &Question<'_>) -> Option<Message> {
     let message = Message::from_vec(bytes).ok()?;
-    let matches = message.id() == id
+    let matches = message.id() == question.id
         && message.message_type() == MessageType::Response
         && message
             .queries()
             .iter()
-            .any(|q| q.query_type() == rtype && q.name() == name);
+            .any(|q| q.query_type() == question.rtype && q.name() == question.name);
     matches.then_some(message)
 }
 
@@ -172,14 +176,21 @@ mod tests {
             .set_message_type(MessageType::Response)
             .add_query(Query::query(name.clone(), RecordType::A));
         let bytes = answer.to_vec().unwrap();
-        assert!(answer_to(&bytes, 7, &name, RecordType::A).is_some());
-        assert!(answer_to(&bytes, 8, &name, RecordType::A).is_none(), "id");
         let other = Name::from_ascii("other.example.").unwrap();
-        assert!(
-            answer_to(&bytes, 7, &other, RecordType::A).is_none(),
-            "name"
-        );
-        assert!(answer_to(b"\x00\x07garbage", 7, &name, RecordType::A).is_none());
-        assert!(answer_to(&[], 7, &name, RecordType::A).is_none());
+        let q = |id, name| Question {
+            id,
+            name,
+            rtype: RecordType::A,
+        };
+        assert!(answer_to(&bytes, &q(7, &name)).is_some());
+        assert!(answer_to(&bytes, &q(8, &name)).is_none(), "id");
+        assert!(answer_to(&bytes, &q(7, &other)).is_none(), "name");
+        let aaaa = Question {
+            rtype: RecordType::AAAA,
+            ..q(7, &name)
+        };
+        assert!(answer_to(&bytes, &aaaa).is_none(), "type");
+        assert!(answer_to(b"\x00\x07garbage", &q(7, &name)).is_none());
+        assert!(answer_to(&[], &q(7, &name)).is_none());
     }
 }
