@@ -149,6 +149,27 @@ mod tests {
         assert_eq!(seen, ["127.0.0.2", "127.0.0.3", "127.0.0.2", "127.0.0.3"]);
     }
 
+    #[test]
+    fn a_source_is_bound_without_reserving_a_port() {
+        let socket = bound("127.0.0.2".parse().unwrap()).unwrap();
+        assert!(nix::sys::socket::getsockopt(&socket, IpBindAddressNoPort).unwrap());
+        // The port is chosen at connect time, with the destination known.
+        assert_eq!(socket.local_addr().unwrap(), "127.0.0.2:0".parse().unwrap());
+    }
+
+    #[tokio::test]
+    async fn ipv6_sources_bind_without_a_port_too() {
+        // Hosts without IPv6 loopback have nothing to test here.
+        let Ok(listener) = tokio::net::TcpListener::bind("[::1]:0").await else {
+            return;
+        };
+        let addr = listener.local_addr().unwrap();
+        let sources = Sources::new("main", &["::1".parse().unwrap()]);
+        let (client, accepted) = tokio::join!(sources.connect(addr), listener.accept());
+        assert!(client.is_ok(), "{client:?}");
+        assert_eq!(accepted.unwrap().1.ip(), "::1".parse::<IpAddr>().unwrap());
+    }
+
     #[tokio::test]
     async fn a_backend_of_another_family_is_refused_with_a_reason() {
         let sources = Sources::new("main", &["127.0.0.2".parse().unwrap()]);
