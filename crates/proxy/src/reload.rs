@@ -13,7 +13,10 @@
 //!    tunnels drain (kept until they end by themselves, or closed oldest first over the pool's
 //!    `drain_spread` once its `drain_timeout` passed).
 //!
-//! Reloads are serialised by the control lock; connections never take it.
+//! Reloads are serialised by the control lock; connections never take it. A change of a pool's
+//! DNS-discovered backends (`discovery.rs`) is committed by the same steps (`commit`), with the
+//! running configuration and that pool's backends replaced; a reload first fills in the
+//! discovered backends of the new configuration (kept when the question is unchanged).
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
