@@ -14,7 +14,10 @@ use sluice_testkit::{
     ws_connect, ws_roundtrip,
 };
 
+use tokio_rustls::rustls::pki_types::ServerName;
+
 use crate::SOON;
+use crate::l4::{TestCert, connector};
 
 /// Echo backends on 127.0.0.N for each N of `hosts`, all on one port (A records carry no
 /// port), named `hN`.
@@ -342,4 +345,39 @@ async fn a_pool_whose_first_resolution_fails_answers_503_until_dns_lists_backend
     let (mut ws, name) = open(&proxy).await;
     assert_eq!(name, "h2");
     assert!(alive(&mut ws).await);
+}
+
+#[tokio::test]
+async fn a_change_of_records_reads_no_certificate_file() {
+    let dns = DnsServer::spawn().await;
+    let (port, b) = same_port(&[2, 3]).await;
+    dns.set_addrs("tls.test", &ips(&[2]), 0);
+    let cert = TestCert::new(&["chat.test"]);
+    let dir = std::env::temp_dir().join(format!("sluice-discovery-tls-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let (cert_path, key_path) = (dir.join("chat.pem"), dir.join("chat.key"));
+    std::fs::write(&cert_path, &cert.cert_pem).unwrap();
+    std::fs::write(&key_path, &cert.key_pem).unwrap();
+    let text = format!(
+        "[[listeners]]\nname = \"public\"\nlisten = \"127.0.0.1:0\"\n\
+         tls = {{ certificates = [{{ cert = \"{}\", key = \"{}\" }}] }}\n\n\
+         [[routes]]\nlistener = \"public\"\npool = \"main\"\n\n[pools.main]\n\
+         discovery = {{ dns = \"tls.test\", port = {port}, resolvers = [\"{}\"], \
+         min_interval = \"20ms\", max_interval = \"50ms\" }}\n",
+        cert_path.display(),
+        key_path.display(),
+        dns.addr()
+    );
+    let proxy = Proxy::start(&text).await;
+    // The files are gone (a reload would be refused): a change of records does not need them.
+    std::fs::remove_dir_all(&dir).unwrap();
+    dns.set_addrs("tls.test", &ips(&[3]), 0);
+    assert!(
+        wait_until(SOON, || backends(&proxy, "main") == set(&[b[1].addr()])).await,
+        "the change of records was not applied"
+    );
+    let tcp = tokio::net::TcpStream::connect(proxy.addr()).await.unwrap();
+    let name = ServerName::try_from("chat.test").unwrap();
+    let tls = connector(&[&cert]).connect(name, tcp).await;
+    assert!(tls.is_ok(), "the certificate loaded at start still serves");
 }

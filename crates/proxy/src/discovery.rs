@@ -302,7 +302,8 @@ async fn apply_discovered(
         .count();
     target.backends = backends;
     let total = target.backends.len();
-    match crate::reload::commit(shared, &mut control, &old, config, &HashMap::new()).await {
+    let reason = crate::reload::Reason::Discovery;
+    match crate::reload::commit(shared, &mut control, &old, config, &HashMap::new(), reason).await {
         Ok(done) => {
             let generation = done.generation;
             sluice_metrics::global::generation(generation);
@@ -315,7 +316,7 @@ async fn apply_discovered(
                 "DNS discovery: backends changed"
             );
         }
-        // Only a TLS certificate that no longer loads can refuse it: the next round retries.
+        // Nothing is bound or loaded: it cannot fail today; if it did, the next round retries.
         Err(error) => warn!(pool, %error, "DNS discovery: change not applied"),
     }
 }

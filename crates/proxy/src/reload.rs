@@ -267,7 +267,7 @@ impl Server {
         let (config, next) = crate::discovery::fill(&old, config)
             .await
             .map_err(ReloadError::Discovery)?;
-        let done = commit(shared, &mut control, &old, config, &next).await?;
+        let done = commit(shared, &mut control, &old, config, &next, Reason::Reload).await?;
         info!(
             generation = done.generation,
             listeners_removed = done.listeners_removed,
@@ -281,21 +281,24 @@ impl Server {
 /// Steps 1 to 4 of a reload (module documentation) for `config`, whose discovered backends are
 /// filled in: build the next snapshot beside `old`, bind new listeners, commit, retire dropped
 /// backends. Reloads and discovery changes both end here, under the control lock. `next`: when
-/// new discovery loops first ask again, by pool.
+/// new discovery loops first ask again, by pool. `Reason::Discovery` keeps `old`'s certificates
+/// (a reload reads them again).
 pub(crate) async fn commit(
     shared: &Arc<Shared>,
     control: &mut Control,
     old: &Arc<Snapshot>,
     config: Config,
     next: &HashMap<String, Duration>,
+    reason: Reason,
 ) -> Result<Committed, ReloadError> {
     {
         // 1. The next snapshot, beside the live one.
         let generation = old.generation() + 1;
-        let snapshot = Arc::new(Snapshot::build(
+        let snapshot = Arc::new(Snapshot::build_from(
             Arc::new(config),
             generation,
             |pool, addr| control.known_backend(old, pool, addr),
+            (reason == Reason::Discovery).then_some(&**old),
         ));
         if !snapshot.tls_errors().is_empty() {
             return Err(ReloadError::Tls(snapshot.tls_errors().to_vec()));
@@ -343,6 +346,15 @@ pub(crate) async fn commit(
             listeners_started: started,
         })
     }
+}
+
+/// Why a commit happens.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Reason {
+    /// A new configuration (SIGHUP): everything is read again.
+    Reload,
+    /// Discovered backends changed: only they differ from the running configuration.
+    Discovery,
 }
 
 /// What a commit did.

@@ -90,6 +90,18 @@ impl Snapshot {
         generation: u64,
         known: impl Fn(&str, SocketAddr) -> Option<Arc<Backend>>,
     ) -> Self {
+        Self::build_from(config, generation, known, None)
+    }
+
+    /// As [`Snapshot::build`], but listeners whose TLS settings are the same as in `loaded`
+    /// keep its certificates instead of reading the files again: a change of discovered
+    /// backends is not a certificate reload.
+    pub(crate) fn build_from(
+        config: Arc<Config>,
+        generation: u64,
+        known: impl Fn(&str, SocketAddr) -> Option<Arc<Backend>>,
+        loaded: Option<&Snapshot>,
+    ) -> Self {
         let pools: Vec<Arc<Pool>> = config
             .pools
             .iter()
@@ -101,10 +113,16 @@ impl Snapshot {
             .listeners
             .iter()
             .map(|l| ListenerRuntime {
-                tls: l
-                    .tls
-                    .as_ref()
-                    .and_then(|tls| load_tls(&config, l, tls, &mut tls_errors)),
+                tls: match loaded
+                    .and_then(|s| s.listener(&l.name))
+                    .filter(|old| old.config.tls == l.tls)
+                {
+                    Some(old) => old.tls.clone(),
+                    None => l
+                        .tls
+                        .as_ref()
+                        .and_then(|tls| load_tls(&config, l, tls, &mut tls_errors)),
+                },
                 router: Router::new(
                     config.routes_for(&l.name),
                     pool_index,
