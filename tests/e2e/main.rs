@@ -6,11 +6,13 @@
 
 mod admin;
 mod backends;
+mod client_addr;
 mod discovery;
 mod health;
 mod hostile;
 mod http;
 mod l4;
+mod limits;
 mod relay;
 mod reload;
 mod routing;

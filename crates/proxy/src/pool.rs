@@ -27,7 +27,7 @@ use tokio::net::TcpStream;
 use tokio::time::Instant;
 use tracing::{debug, warn};
 
-use crate::source::Sources;
+use crate::source_addrs::SourceAddrs;
 
 /// The idle backend connections of one server.
 #[derive(Debug, Default)]
@@ -63,20 +63,26 @@ impl IdlePool {
     /// A connection to the best candidate of `pool` for `affinity`: an idle one to that
     /// backend when there is one, else a new one. Refusals and connect timeouts move on to the
     /// next candidate, as for upgrades (at most `connect_attempts`); the last failure is the
-    /// answer.
+    /// answer. Without `reuse`, always a new connection.
     pub(crate) async fn checkout(
         &self,
         pool: &Pool,
-        sources: &Sources,
+        source_addrs: &SourceAddrs,
         affinity: Affinity<'_>,
         connect_timeout: Duration,
+        reuse: bool,
     ) -> Result<Lease, HandshakeError> {
         let mut picker = pool.picker_for(affinity);
         let mut last_error = None;
         while let Some(guard) = picker.next_backend() {
             let addr = guard.addr();
             let set_cookie = picker.cookie_to_set().copied();
-            if let Some(stream) = self.take(pool.name(), addr) {
+            let idle = if reuse {
+                self.take(pool.name(), addr)
+            } else {
+                None
+            };
+            if let Some(stream) = idle {
                 return Ok(Lease {
                     stream,
                     guard,
@@ -84,7 +90,7 @@ impl IdlePool {
                     reused: true,
                 });
             }
-            match connect(sources, addr, connect_timeout).await {
+            match connect(source_addrs, addr, connect_timeout).await {
                 Ok(stream) => {
                     debug!(
                         backend = %addr,
@@ -176,11 +182,11 @@ impl IdlePool {
 
 /// One TCP connect to a backend, within `timeout`.
 pub(crate) async fn connect(
-    sources: &Sources,
+    source_addrs: &SourceAddrs,
     addr: SocketAddr,
     timeout: Duration,
 ) -> Result<TcpStream, HandshakeError> {
-    match tokio::time::timeout(timeout, sources.connect(addr)).await {
+    match tokio::time::timeout(timeout, source_addrs.connect(addr)).await {
         Ok(Ok(stream)) => {
             let _ = stream.set_nodelay(true);
             Ok(stream)

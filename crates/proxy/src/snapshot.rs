@@ -12,7 +12,7 @@ use sluice_metrics::{BackendMetrics, ListenerMetrics, PoolMetrics};
 use sluice_tls::{CertificateFiles, NamePattern, ServerCertificates, SniMap, WildcardDepth};
 use tracing::warn;
 
-use crate::source::Sources;
+use crate::source_addrs::SourceAddrs;
 
 /// Routes, pools and balancer state of one configuration generation.
 #[derive(Debug)]
@@ -24,7 +24,7 @@ pub struct Snapshot {
     /// Shared (`Arc`) so a connection holds them past the snapshot without copying labels.
     pool_metrics: Vec<(Arc<PoolMetrics>, Vec<Arc<BackendMetrics>>)>,
     /// Each pool's source addresses (same order as the pools).
-    sources: Vec<Sources>,
+    source_addrs: Vec<SourceAddrs>,
     listeners: Vec<ListenerRuntime>,
     /// Certificates that could not be loaded: the snapshot must not go live (start and reload
     /// refuse it).
@@ -144,17 +144,17 @@ impl Snapshot {
                 (Arc::new(PoolMetrics::new(pool.name())), backends)
             })
             .collect();
-        let sources = config
+        let source_addrs = config
             .pools
             .iter()
-            .map(|p| Sources::new(&p.name, &p.source_addrs))
+            .map(|p| SourceAddrs::new(&p.name, &p.source_addrs))
             .collect();
         Self {
             generation,
             config,
             pools,
             pool_metrics,
-            sources,
+            source_addrs,
             listeners,
             tls_errors,
         }
@@ -191,8 +191,10 @@ impl Snapshot {
     }
 
     /// The source addresses of the pool at a router's index (none when it has none).
-    pub(crate) fn sources(&self, index: usize) -> &Sources {
-        self.sources.get(index).unwrap_or(&crate::source::NONE)
+    pub(crate) fn source_addrs(&self, index: usize) -> &SourceAddrs {
+        self.source_addrs
+            .get(index)
+            .unwrap_or(&crate::source_addrs::NONE)
     }
 
     /// The metric handles of a backend of the pool at a router's index.

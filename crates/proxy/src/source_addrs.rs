@@ -25,20 +25,20 @@ use tracing::warn;
 
 /// A pool's source addresses and whose turn is next.
 #[derive(Debug)]
-pub(crate) struct Sources {
+pub(crate) struct SourceAddrs {
     pool: String,
     addrs: Vec<IpAddr>,
     next: AtomicUsize,
 }
 
 /// For pools without source addresses.
-pub(crate) static NONE: Sources = Sources {
+pub(crate) static NONE: SourceAddrs = SourceAddrs {
     pool: String::new(),
     addrs: Vec::new(),
     next: AtomicUsize::new(0),
 };
 
-impl Sources {
+impl SourceAddrs {
     pub(crate) fn new(pool: &str, addrs: &[IpAddr]) -> Self {
         Self {
             pool: pool.to_owned(),
@@ -136,7 +136,7 @@ mod tests {
     async fn connects_rotate_over_the_sources() {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
-        let sources = Sources::new(
+        let sources = SourceAddrs::new(
             "main",
             &["127.0.0.2".parse().unwrap(), "127.0.0.3".parse().unwrap()],
         );
@@ -164,7 +164,7 @@ mod tests {
             return;
         };
         let addr = listener.local_addr().unwrap();
-        let sources = Sources::new("main", &["::1".parse().unwrap()]);
+        let sources = SourceAddrs::new("main", &["::1".parse().unwrap()]);
         let (client, accepted) = tokio::join!(sources.connect(addr), listener.accept());
         assert!(client.is_ok(), "{client:?}");
         assert_eq!(accepted.unwrap().1.ip(), "::1".parse::<IpAddr>().unwrap());
@@ -172,7 +172,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_backend_of_another_family_is_refused_with_a_reason() {
-        let sources = Sources::new("main", &["127.0.0.2".parse().unwrap()]);
+        let sources = SourceAddrs::new("main", &["127.0.0.2".parse().unwrap()]);
         let error = sources
             .connect("[::1]:9".parse().unwrap())
             .await
