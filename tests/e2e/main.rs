@@ -7,6 +7,7 @@
 mod admin;
 mod backends;
 mod client_addr;
+mod discovery;
 mod health;
 mod hostile;
 mod http;
@@ -15,6 +16,7 @@ mod limits;
 mod relay;
 mod reload;
 mod routing;
+mod source;
 mod sticky;
 mod tls;
 mod upstream_tls;

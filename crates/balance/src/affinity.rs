@@ -267,6 +267,8 @@ pub(crate) mod tests {
                     weight,
                 })
                 .collect(),
+            discovery: None,
+            source_addrs: Vec::new(),
             connect_attempts: 3,
             drain_timeout: None,
             drain_spread: std::time::Duration::ZERO,

@@ -660,6 +660,29 @@ mod tests {
         Pool::new("p".into(), balance, backends, attempts)
     }
 
+    /// A pool whose DNS discovery has not answered yet has no backend: every algorithm
+    /// gives none (the handshake answers 503), whatever the request carries.
+    #[test]
+    fn a_pool_without_backends_picks_none() {
+        for balance in [
+            Balance::RoundRobin,
+            Balance::LeastConn,
+            Balance::RandomTwo,
+            Balance::Hash,
+        ] {
+            let pool = Pool::new("empty".into(), balance, Vec::new(), 3);
+            let affinity = Affinity {
+                cookie: Some(b"token"),
+                key: Some(b"key"),
+            };
+            assert!(
+                pool.picker_for(affinity).next_backend().is_none(),
+                "{balance:?}"
+            );
+            assert!(pool.picker().next_backend().is_none(), "{balance:?}");
+        }
+    }
+
     fn first_port(pool: &Pool) -> u16 {
         pool.picker().next_backend().unwrap().addr().port()
     }
@@ -829,6 +852,8 @@ mod tests {
                     weight: 1,
                 })
                 .collect(),
+            discovery: None,
+            source_addrs: Vec::new(),
             connect_attempts: 2,
             drain_timeout: None,
             drain_spread: std::time::Duration::ZERO,

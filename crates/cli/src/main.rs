@@ -124,6 +124,16 @@ fn check(path: &std::path::Path) -> ExitCode {
                 eprintln!("{}: TLS certificates:\n{}", path.display(), tls.join("\n"));
                 return ExitCode::from(EXIT_CONFIG);
             }
+            // Source addresses are bound as a start would bind them.
+            let sources = sluice_proxy::check_source_addrs(&config);
+            if !sources.is_empty() {
+                eprintln!(
+                    "{}: source addresses:\n{}",
+                    path.display(),
+                    sources.join("\n")
+                );
+                return ExitCode::from(EXIT_CONFIG);
+            }
             println!("{}: valid\n{}", path.display(), config.summary());
             ExitCode::SUCCESS
         }

@@ -112,6 +112,16 @@ pub const OUTLIER_COOL_DOWN: Duration = Duration::from_secs(30);
 /// `slow_start`: off, a recovered backend takes its full share at once.
 pub const SLOW_START: Option<Duration> = None;
 
+// [pools.NAME.discovery]
+
+/// `min_interval`: records are asked again after their TTL, but never sooner than this.
+pub const DISCOVERY_MIN_INTERVAL: Duration = Duration::from_secs(1);
+/// `max_interval`: nor later than this (a long TTL still notices changes).
+pub const DISCOVERY_MAX_INTERVAL: Duration = Duration::from_secs(30);
+/// `timeout`: one query to one name server.
+pub const DISCOVERY_TIMEOUT: Duration = Duration::from_secs(2);
+// `resolvers` defaults to the `nameserver` lines of /etc/resolv.conf; `source_addrs` to none.
+
 // [pools.NAME.sticky_cookie]
 
 /// `ttl`: absent, a session cookie.
@@ -300,6 +310,9 @@ mod tests {
         assert_eq!((UPSTREAM_TLS_VERIFY, IDLE_CONNECTIONS), (true, 16));
         assert_eq!(IDLE_CONNECTIONS_RANGE, 0..=1024);
         assert_eq!(IDLE_TIMEOUT, Duration::from_secs(4));
+        assert_eq!(DISCOVERY_MIN_INTERVAL, Duration::from_secs(1));
+        assert_eq!(DISCOVERY_MAX_INTERVAL, Duration::from_secs(30));
+        assert_eq!(DISCOVERY_TIMEOUT, Duration::from_secs(2));
         assert_eq!(HASH_FALLBACK, Balance::LeastConn);
         assert_eq!(HASH_BALANCE_FACTOR, Some(1.5));
         assert_eq!(HASH_BALANCE_FACTOR_ABOVE, 1.0);

@@ -130,6 +130,8 @@ const POOL: Keys = Keys {
         "slow_start",
         "idle_connections",
         "idle_timeout",
+        "discovery",
+        "source_addrs",
         "send_proxy_protocol",
         "max_connections_per_backend",
         "tls",
@@ -625,6 +627,25 @@ fn pool(r: &mut Reader<'_>, name: Option<String>, item: Item<'_, '_>) -> Option<
         Some(d)
     });
 
+    // The backends come from the file or from DNS, never both.
+    let discovery = t.optional("discovery", None, |item| {
+        crate::discovery::discovery(r, item).map(Some)
+    });
+    let backends = match (t.get("backends"), t.get("discovery")) {
+        (Some(_), Some(item)) => {
+            r.report(
+                &item,
+                "backends and discovery cannot both be set: a pool's backends come from the \
+                 file or from DNS; keep one",
+            );
+            None
+        }
+        (None, Some(_)) => Some(Vec::new()),
+        _ => static_backends(r, &t),
+    };
+    let source_addrs = t.optional("source_addrs", Vec::new(), |item| {
+        crate::discovery::source_addrs(r, item, backends.as_deref())
+    });
     let send_proxy_protocol = t.optional(
         "send_proxy_protocol",
         defaults::SEND_PROXY_PROTOCOL,
@@ -649,42 +670,14 @@ fn pool(r: &mut Reader<'_>, name: Option<String>, item: Item<'_, '_>) -> Option<
         crate::upstream::pool_tls(r, item).map(Some)
     });
 
-    let backends = t
-        .require(
-            r,
-            "backends",
-            "an array of backend addresses, such as [\"127.0.0.1:9001\"]",
-        )
-        .and_then(|item| {
-            let elements = item.array(r, "an array of backends")?;
-            if elements.is_empty() {
-                r.report(
-                    &item,
-                    "a pool needs at least one backend, such as [\"127.0.0.1:9001\"]",
-                );
-                return None;
-            }
-            let mut seen: Vec<(SocketAddr, String)> = Vec::new();
-            collect(elements.into_iter().map(|element| {
-                let backend = backend(r, element.clone())?;
-                if let Some((_, first)) = seen.iter().find(|(addr, _)| *addr == backend.addr) {
-                    r.report(
-                        &element,
-                        format_args!("duplicate backend {}; it is already {first}", backend.addr),
-                    );
-                    return None;
-                }
-                seen.push((backend.addr, element.path));
-                Some(backend)
-            }))
-        });
-
     Some(Pool {
         name: name?,
         balance: balancing.as_ref()?.balance,
         hash: balancing.as_ref()?.hash.clone(),
         sticky_cookie: balancing?.sticky_cookie,
         backends: backends?,
+        discovery: discovery?,
+        source_addrs: source_addrs?,
         connect_attempts: connect_attempts?,
         drain_timeout: drain_timeout?,
         drain_spread: drain_spread?,
@@ -696,6 +689,38 @@ fn pool(r: &mut Reader<'_>, name: Option<String>, item: Item<'_, '_>) -> Option<
         send_proxy_protocol: send_proxy_protocol?,
         max_connections_per_backend: max_connections_per_backend?,
         tls: tls?,
+    })
+}
+
+/// `backends = [...]`: at least one, addresses unique.
+fn static_backends(r: &mut Reader<'_>, t: &Table<'_, '_>) -> Option<Vec<Backend>> {
+    t.require(
+        r,
+        "backends",
+        "an array of backend addresses, such as [\"127.0.0.1:9001\"], or a discovery table",
+    )
+    .and_then(|item| {
+        let elements = item.array(r, "an array of backends")?;
+        if elements.is_empty() {
+            r.report(
+                &item,
+                "a pool needs at least one backend, such as [\"127.0.0.1:9001\"]",
+            );
+            return None;
+        }
+        let mut seen: Vec<(SocketAddr, String)> = Vec::new();
+        collect(elements.into_iter().map(|element| {
+            let backend = backend(r, element.clone())?;
+            if let Some((_, first)) = seen.iter().find(|(addr, _)| *addr == backend.addr) {
+                r.report(
+                    &element,
+                    format_args!("duplicate backend {}; it is already {first}", backend.addr),
+                );
+                return None;
+            }
+            seen.push((backend.addr, element.path));
+            Some(backend)
+        }))
     })
 }
 
@@ -885,16 +910,8 @@ fn header(r: &mut Reader<'_>, item: Item<'_, '_>) -> Option<HeaderMatch> {
 
 fn timeouts(r: &mut Reader<'_>, item: Item<'_, '_>) -> Option<Timeouts> {
     let t = item.table(r, &TIMEOUTS)?;
-    let mut positive = |key: &str, default| {
-        t.optional(key, default, |item| {
-            let d = item.duration(r)?;
-            if d.is_zero() {
-                r.report(&item, "must be greater than zero");
-                return None;
-            }
-            Some(d)
-        })
-    };
+    let mut positive =
+        |key: &str, default| t.optional(key, default, |item| item.positive_duration(r));
     let handshake = positive("handshake", defaults::HANDSHAKE_TIMEOUT);
     let connect = positive("connect", defaults::CONNECT_TIMEOUT);
     let response = positive("response", defaults::RESPONSE_TIMEOUT);

@@ -14,7 +14,8 @@
 //! naming listeners and pools) are checked in the same pass. The format is documented in
 //! `docs/configuration.md`; `config/sluice.toml` shows every key.
 //!
-//! What this crate does not do: I/O beyond reading the one file, resolving DNS names, binding
+//! What this crate does not do: I/O beyond reading the one file, resolving DNS names (a pool's
+//! `discovery` is checked here and resolved by the proxy), binding
 //! sockets, or deciding the values derived at start-up (`max_connections` from the open-file
 //! limit).
 
@@ -23,6 +24,7 @@
 mod admin;
 mod balancing;
 pub mod defaults;
+mod discovery;
 mod error;
 mod file;
 mod health;

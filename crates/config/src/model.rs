@@ -4,7 +4,7 @@
 //! `Duration`s, names referenced by routes exist, and defaults have been applied (they live in
 //! [`crate::defaults`], in one place). Nothing downstream re-validates.
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
 
 use ipnet::IpNet;
@@ -206,8 +206,15 @@ pub struct Pool {
     /// valid one goes back to its backend while that backend takes connections; any other
     /// client is balanced as usual and given the cookie.
     pub sticky_cookie: Option<StickyCookie>,
-    /// Backends in file order; addresses are unique within a pool.
+    /// Backends in file order; addresses are unique within a pool. With `discovery`, the
+    /// backends DNS listed last (empty in the file's configuration, and until a first answer).
     pub backends: Vec<Backend>,
+    /// Backends from DNS instead of `backends`, re-resolved while sluice runs. `None`: the
+    /// file lists them.
+    pub discovery: Option<Discovery>,
+    /// Local addresses tunnels to backends are opened from, in turn (connection by connection).
+    /// Empty (the default): the system chooses.
+    pub source_addrs: Vec<IpAddr>,
     /// How many distinct backends one handshake may try to connect to before giving up (>= 1).
     pub connect_attempts: u32,
     /// How long tunnels to a backend removed by a reload are kept before sluice closes them.
@@ -527,6 +534,59 @@ impl Secret {
 impl std::fmt::Debug for Secret {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str("Secret(..)")
+    }
+}
+
+/// A pool's backends from DNS: what is asked, of whom, and how often.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Discovery {
+    pub query: DnsQuery,
+    /// Name servers asked, in order, each until one answers. Empty (the default): the
+    /// `nameserver` lines of `/etc/resolv.conf`, read at each resolution.
+    pub resolvers: Vec<SocketAddr>,
+    /// The records' TTL decides when they are asked again, but never sooner than this…
+    pub min_interval: Duration,
+    /// … and never later than this.
+    pub max_interval: Duration,
+    /// How long one query to one name server may take.
+    pub timeout: Duration,
+}
+
+impl Discovery {
+    /// Whether `other` asks the same question of the same servers: a reload keeping it keeps
+    /// the backends already resolved (the intervals and timeout may differ).
+    pub fn same_records(&self, other: &Discovery) -> bool {
+        self.query == other.query && self.resolvers == other.resolvers
+    }
+}
+
+/// What DNS is asked for a pool's backends.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum DnsQuery {
+    /// `dns = NAME, port = N`: the A and AAAA records of `name`, each address a backend on
+    /// `port` (weight 1).
+    Addresses { name: String, port: u16 },
+    /// `srv = NAME`: the SRV records of `name` with the lowest priority; each target's
+    /// addresses are backends on the record's port, weighted by the record's weight.
+    Srv { name: String },
+}
+
+impl DnsQuery {
+    /// The name asked (lowercase, without a trailing dot).
+    pub fn name(&self) -> &str {
+        match self {
+            DnsQuery::Addresses { name, .. } | DnsQuery::Srv { name } => name,
+        }
+    }
+}
+
+impl std::fmt::Display for DnsQuery {
+    /// `A/AAAA ws.default.svc.cluster.local port 8080`, `SRV _ws._tcp.example`.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            DnsQuery::Addresses { name, port } => write!(f, "A/AAAA {name} port {port}"),
+            DnsQuery::Srv { name } => write!(f, "SRV {name}"),
+        }
     }
 }
 

@@ -285,6 +285,16 @@ impl<'a, 'i> Item<'a, 'i> {
         }
     }
 
+    /// A duration greater than zero.
+    pub(crate) fn positive_duration(&self, r: &mut Reader<'_>) -> Option<Duration> {
+        let d = self.duration(r)?;
+        if d.is_zero() {
+            r.report(self, "must be greater than zero");
+            return None;
+        }
+        Some(d)
+    }
+
     /// An `IP:port` socket address (`"127.0.0.1:8080"`, `"[::1]:8080"`).
     pub(crate) fn socket_addr(&self, r: &mut Reader<'_>) -> Option<SocketAddr> {
         let text = self.str(r)?;
@@ -473,10 +483,10 @@ pub(crate) fn socket_addr(text: &str) -> Result<SocketAddr, String> {
             "invalid port \"{port}\"; expected a number from 0 to 65535"
         )),
         Some((host, _)) if looks_like_dns(host) => {
-            Err("DNS names are not supported yet; use IP:port, such as \"10.0.0.1:9000\"".into())
+            Err("DNS names are not resolved here; use IP:port, such as \"10.0.0.1:9000\" (a pool takes backends from DNS with discovery)".into())
         }
         None if looks_like_dns(text) => {
-            Err("DNS names are not supported yet; use IP:port, such as \"10.0.0.1:9000\"".into())
+            Err("DNS names are not resolved here; use IP:port, such as \"10.0.0.1:9000\" (a pool takes backends from DNS with discovery)".into())
         }
         _ => Err(EXPECTED.into()),
     }
@@ -560,7 +570,7 @@ mod tests {
             Ok(9000),
             "IPv6 in brackets"
         );
-        let dns = "DNS names are not supported yet; use IP:port, such as \"10.0.0.1:9000\"";
+        let dns = "DNS names are not resolved here; use IP:port, such as \"10.0.0.1:9000\" (a pool takes backends from DNS with discovery)";
         assert_eq!(socket_addr("backend-1.internal:9000"), Err(dns.into()));
         assert_eq!(socket_addr("localhost:80"), Err(dns.into()));
         assert_eq!(socket_addr("localhost"), Err(dns.into()));

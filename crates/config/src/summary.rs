@@ -120,13 +120,18 @@ impl Config {
                     hash.fallback.as_str()
                 );
             }
+            let backends = match &p.discovery {
+                Some(d) => format!("backends from DNS ({})", d.query),
+                None => plural(p.backends.len(), "backend"),
+            };
             write!(
                 out,
-                "  {}  {balance}  {}  connect_attempts {}",
-                p.name,
-                plural(p.backends.len(), "backend"),
-                p.connect_attempts
+                "  {}  {balance}  {backends}  connect_attempts {}",
+                p.name, p.connect_attempts
             )?;
+            if !p.source_addrs.is_empty() {
+                write!(out, "  source_addrs {}", p.source_addrs.len())?;
+            }
             if let Some(cookie) = &p.sticky_cookie {
                 write!(out, "  sticky_cookie {}", cookie.name)?;
             }

@@ -89,6 +89,8 @@ fn a_minimal_file_parses_with_defaults() {
                     addr: addr("127.0.0.1:9001"),
                     weight: 1,
                 }],
+                discovery: None,
+                source_addrs: Vec::new(),
                 connect_attempts: 3,
                 drain_timeout: None,
                 drain_spread: Duration::from_secs(10),
@@ -374,7 +376,7 @@ mode = "zero-copy"
             "t.toml:14:15: routes[0].path_prefix: invalid path \"chat\": a path must start with '/', as in \"/chat\"",
             "t.toml:17:11: pools.chat.balance: unknown value \"rand\"; expected one of \"round_robin\", \"least_conn\", \"random_two\", \"hash\" (did you mean \"random_two\"?)",
             "t.toml:18:20: pools.chat.connect_attempts: 0 is out of range; expected 1 to 16",
-            "t.toml:19:31: pools.chat.backends[1]: invalid address \"backend-2:9000\": DNS names are not supported yet; use IP:port, such as \"10.0.0.1:9000\"",
+            "t.toml:19:31: pools.chat.backends[1]: invalid address \"backend-2:9000\": DNS names are not resolved here; use IP:port, such as \"10.0.0.1:9000\" (a pool takes backends from DNS with discovery)",
             "t.toml:19:49: pools.chat.backends[2]: duplicate backend 127.0.0.1:9001; it is already pools.chat.backends[0]",
             "t.toml:19:67: pools.chat.backends[3].addr: required key is missing; expected an IP:port address such as \"127.0.0.1:8080\"",
             "t.toml:22:12: pools.empty.backends: a pool needs at least one backend, such as [\"127.0.0.1:9001\"]",
@@ -579,7 +581,7 @@ fn listener_rules() {
     );
     assert_eq!(
         error(&BASE.replace("\"127.0.0.1:8080\"", "\"localhost:8080\"")),
-        "t.toml:3:10: listeners[0].listen: invalid address \"localhost:8080\": DNS names are not supported yet; use IP:port, such as \"10.0.0.1:9000\""
+        "t.toml:3:10: listeners[0].listen: invalid address \"localhost:8080\": DNS names are not resolved here; use IP:port, such as \"10.0.0.1:9000\" (a pool takes backends from DNS with discovery)"
     );
     assert_eq!(
         error(&BASE.replace("\"127.0.0.1:8080\"", "\"127.0.0.1\"")),
@@ -832,7 +834,7 @@ fn pool(lines: &str) -> String {
 fn pool_rules() {
     assert_eq!(
         error(&pool("")),
-        "t.toml:9:1: pools.main.backends: required key is missing; expected an array of backend addresses, such as [\"127.0.0.1:9001\"]"
+        "t.toml:9:1: pools.main.backends: required key is missing; expected an array of backend addresses, such as [\"127.0.0.1:9001\"], or a discovery table"
     );
     assert_eq!(
         error(&pool(
@@ -874,6 +876,131 @@ fn pool_rules() {
                 .replace("pool = \"main\"", "pool = \"ma.in\"")
         ),
         "t.toml:9:8: pools.\"ma.in\": invalid character '.' in name \"ma.in\"; names use letters, digits, '_' and '-' only, at most 64 characters"
+    );
+}
+
+#[test]
+fn discovery_from_dns() {
+    let config = ok(&pool(
+        "discovery = { dns = \"WS.default.svc.cluster.local.\", port = 8080, resolvers = [\"127.0.0.1:5353\"], min_interval = \"100ms\", max_interval = \"10s\", timeout = \"1s\" }\n",
+    ));
+    let p = &config.pools[0];
+    assert!(p.backends.is_empty(), "backends come from DNS");
+    let d = p.discovery.as_ref().expect("discovery");
+    assert_eq!(
+        d.query,
+        DnsQuery::Addresses {
+            name: "ws.default.svc.cluster.local".into(),
+            port: 8080
+        }
+    );
+    assert_eq!(d.resolvers, vec!["127.0.0.1:5353".parse().unwrap()]);
+    assert_eq!(d.min_interval, Duration::from_millis(100));
+    assert_eq!(d.max_interval, Duration::from_secs(10));
+    assert_eq!(d.timeout, Duration::from_secs(1));
+
+    let d = ok(&pool("discovery = { srv = \"_ws._tcp.example\" }\n")).pools[0]
+        .discovery
+        .clone()
+        .expect("discovery");
+    assert_eq!(
+        d.query,
+        DnsQuery::Srv {
+            name: "_ws._tcp.example".into()
+        }
+    );
+    assert!(d.resolvers.is_empty(), "resolv.conf by default");
+    assert_eq!(d.min_interval, defaults::DISCOVERY_MIN_INTERVAL);
+    assert_eq!(d.max_interval, defaults::DISCOVERY_MAX_INTERVAL);
+    assert_eq!(d.timeout, defaults::DISCOVERY_TIMEOUT);
+}
+
+#[test]
+fn discovery_errors_point_at_their_keys() {
+    assert_eq!(
+        error(&pool(
+            "backends = [\"127.0.0.1:9001\"]\ndiscovery = { srv = \"_ws._tcp.example\" }\n"
+        )),
+        "t.toml:11:13: pools.main.discovery: backends and discovery cannot both be set: a pool's backends come from the file or from DNS; keep one"
+    );
+    assert_eq!(
+        error(&pool("discovery = { dns = \"ws.example\" }\n")),
+        "t.toml:10:21: pools.main.discovery.dns: A/AAAA records carry no port; add port = N (the backends' port)"
+    );
+    assert_eq!(
+        error(&pool(
+            "discovery = { srv = \"_ws._tcp.example\", port = 80 }\n"
+        )),
+        "t.toml:10:48: pools.main.discovery.port: an srv discovery takes its ports from the SRV records; remove port"
+    );
+    assert_eq!(
+        error(&pool("discovery = { port = 80 }\n")),
+        "t.toml:10:13: pools.main.discovery: a discovery needs dns (with port) or srv; expected { dns = \"ws.default.svc.cluster.local\", port = 8080 } or { srv = \"_ws._tcp.example.com\" }"
+    );
+    assert_eq!(
+        error(&pool(
+            "discovery = { dns = \"ws.example\", port = 80, resolvers = [\"dns.example:53\"] }\n"
+        )),
+        "t.toml:10:59: pools.main.discovery.resolvers[0]: invalid address \"dns.example:53\": DNS names are not resolved here; use IP:port, such as \"10.0.0.1:9000\" (a pool takes backends from DNS with discovery)"
+    );
+    assert_eq!(
+        error(&pool(
+            "discovery = { dns = \"ws.example\", port = 80, resolvers = [\"10.0.0.1\"] }\n"
+        )),
+        "t.toml:10:59: pools.main.discovery.resolvers[0]: invalid address \"10.0.0.1\": the port is missing; expected IP:port, such as \"10.0.0.1:8080\""
+    );
+    assert_eq!(
+        error(&pool("discovery = { dns = \"ws example\", port = 80 }\n")),
+        "t.toml:10:21: pools.main.discovery.dns: \"ws example\": ' ' is not allowed in a DNS name; expected letters, digits, '-', '_' and dots"
+    );
+    assert_eq!(
+        error(&pool(
+            "discovery = { srv = \"_ws._tcp.example\", min_interval = \"10s\", max_interval = \"5s\" }\n"
+        )),
+        "t.toml:10:78: pools.main.discovery.max_interval: must be at least min_interval (10s)"
+    );
+    assert_eq!(
+        error(&pool("discovery = \"ws.example\"\n")),
+        "t.toml:10:13: pools.main.discovery: expected a table such as { dns = \"ws.default.svc.cluster.local\", port = 8080 } or { srv = \"_ws._tcp.example.com\" }, found string \"ws.example\""
+    );
+}
+
+#[test]
+fn source_addrs_are_local_ips_of_the_backends_family() {
+    let config = ok(&pool(
+        "source_addrs = [\"127.0.0.2\", \"127.0.0.3\"]\nbackends = [\"127.0.0.1:9001\"]\n",
+    ));
+    assert_eq!(
+        config.pools[0].source_addrs,
+        vec![
+            "127.0.0.2".parse::<std::net::IpAddr>().unwrap(),
+            "127.0.0.3".parse().unwrap()
+        ]
+    );
+    assert!(ok(BASE).pools[0].source_addrs.is_empty());
+    assert_eq!(
+        error(&pool(
+            "source_addrs = [\"127.0.0.2:80\"]\nbackends = [\"127.0.0.1:9001\"]\n"
+        )),
+        "t.toml:10:17: pools.main.source_addrs[0]: invalid IP address \"127.0.0.2:80\"; expected one such as \"10.0.0.5\" (no port: the kernel picks it)"
+    );
+    assert_eq!(
+        error(&pool(
+            "source_addrs = [\"127.0.0.2\", \"127.0.0.2\"]\nbackends = [\"127.0.0.1:9001\"]\n"
+        )),
+        "t.toml:10:30: pools.main.source_addrs[1]: duplicate source address 127.0.0.2"
+    );
+    assert_eq!(
+        error(&pool(
+            "source_addrs = [\"0.0.0.0\"]\nbackends = [\"127.0.0.1:9001\"]\n"
+        )),
+        "t.toml:10:17: pools.main.source_addrs[0]: 0.0.0.0 is not a source address; expected an address of this host"
+    );
+    assert_eq!(
+        error(&pool(
+            "source_addrs = [\"::1\"]\nbackends = [\"127.0.0.1:9001\"]\n"
+        )),
+        "t.toml:10:16: pools.main.source_addrs: backend 127.0.0.1:9001 is IPv4 but no source address is; add an IPv4 source address"
     );
 }
 

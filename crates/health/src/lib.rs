@@ -323,6 +323,8 @@ mod tests {
                 .iter()
                 .map(|&addr| sluice_config::Backend { addr, weight: 1 })
                 .collect(),
+            discovery: None,
+            source_addrs: Vec::new(),
             connect_attempts: 2,
             drain_timeout: None,
             drain_spread: Duration::ZERO,

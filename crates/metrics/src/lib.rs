@@ -107,8 +107,14 @@ catalogue! {
         "Plain HTTP requests proxied, by pool and status class (1xx to 5xx).";
     HTTP_REQUEST_DURATION = "sluice_http_request_duration_seconds", Histogram, Some(Unit::Seconds), ["pool"], Some(LATENCY_BUCKETS),
         "Plain HTTP requests, from the request head to the end of the response.";
+    DISCOVERY_RESOLUTIONS = "sluice_discovery_resolutions_total", Counter, None, ["pool", "result"], None,
+        "DNS resolutions of a pool's discovery by result: success, nxdomain, empty, servfail, refused, timeout, malformed, error. Every result but success keeps the last good backends.";
+    DISCOVERY_BACKENDS = "sluice_discovery_backends", Gauge, None, ["pool"], None,
+        "Backends of a pool with discovery, as the last good DNS answer listed them.";
+    SOURCE_ADDR_EXHAUSTED = "sluice_source_addr_exhausted_total", Counter, None, ["pool", "source"], None,
+        "Backend connects that found a source address of the pool's source_addrs out of ports (EADDRNOTAVAIL) and moved on to the next source address.";
     CONFIG_GENERATION = "sluice_config_generation", Gauge, None, [], None,
-        "The configuration generation in force: 1 at start, one more per applied reload.";
+        "The configuration generation in force: 1 at start, one more per applied reload or change of discovered backends.";
     CONFIG_RELOADS = "sluice_config_reloads_total", Counter, None, ["result"], None,
         "Configuration reloads by result (success, error).";
     CONFIG_LAST_RELOAD_SUCCESS = "sluice_config_last_reload_success_timestamp_seconds", Gauge, Some(Unit::Seconds), [], None,
@@ -457,9 +463,35 @@ pub mod global {
         gauge!(names::CONFIG_LAST_RELOAD_SUCCESS).set(unix_seconds as f64);
     }
 
+    /// The generation in force changed without a reload (discovered backends changed).
+    pub fn generation(generation: u64) {
+        gauge!(names::CONFIG_GENERATION).set(generation as f64);
+    }
+
     /// A reload finished: `result` is `success` or `error`.
     pub fn reload(result: &'static str) {
         counter!(names::CONFIG_RELOADS, "result" => result).increment(1);
+    }
+
+    /// A discovery resolution of `pool` ended with `result` (`success` or an error label).
+    pub fn discovery_resolution(pool: &str, result: &'static str) {
+        counter!(names::DISCOVERY_RESOLUTIONS, "pool" => pool.to_owned(), "result" => result)
+            .increment(1);
+    }
+
+    /// The backends a pool's discovery lists now.
+    pub fn discovery_backends(pool: &str, backends: usize) {
+        gauge!(names::DISCOVERY_BACKENDS, "pool" => pool.to_owned()).set(backends as f64);
+    }
+
+    /// A connect of `pool` found source address `source` out of ports.
+    pub fn source_addr_exhausted(pool: &str, source: &str) {
+        counter!(
+            names::SOURCE_ADDR_EXHAUSTED,
+            "pool" => pool.to_owned(),
+            "source" => source.to_owned()
+        )
+        .increment(1);
     }
 
     /// How many client sources `limits.per_source` tracks now.

@@ -22,7 +22,7 @@ use sluice_handshake::{
 };
 use sluice_metrics::{BackendMetrics, PoolMetrics};
 use sluice_splice::RelayOptions;
-use sluice_tls::{BackendStream, Upstream};
+use sluice_tls::BackendStream;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::time::Instant;
@@ -32,6 +32,7 @@ use crate::Shared;
 use crate::accept::Admission;
 use crate::client::{self, Addrs, Refusal};
 use crate::http::{self, UpgradeRequest};
+use crate::pool::Dial;
 use crate::snapshot::{Snapshot, canonical};
 use crate::stream::ClientStream;
 use crate::tunnels::Bytes;
@@ -315,8 +316,11 @@ async fn upgrade_request(
         took,
     } = connect(
         pool,
-        snapshot.upstream(pool_index).map(AsRef::as_ref),
-        &preface,
+        &Dial {
+            source_addrs: snapshot.source_addrs(pool_index),
+            preface: &preface,
+            tls: snapshot.upstream(pool_index).map(AsRef::as_ref),
+        },
         affinity,
         timeouts.connect,
     )
@@ -403,13 +407,13 @@ pub(crate) struct Connected {
     pub(crate) took: Duration,
 }
 
-/// Tries the pool's candidates in order until one accepts the connection (TCP, `preface`,
-/// then TLS when the pool has `tls`). Refusals, connect timeouts and failed TLS handshakes
-/// move on to the next candidate; the last failure is the answer.
+/// Tries the pool's candidates in order until one accepts the connection (TCP from the next
+/// source address, the preface, then TLS when the pool has `tls`: `dial`). Refusals, connect
+/// timeouts and failed TLS handshakes move on to the next candidate; the last failure is the
+/// answer.
 pub(crate) async fn connect(
     pool: &Pool,
-    tls: Option<&Upstream>,
-    preface: &[u8],
+    dial: &Dial<'_>,
     affinity: Affinity<'_>,
     timeout: Duration,
 ) -> Result<Connected, HandshakeError> {
@@ -418,7 +422,7 @@ pub(crate) async fn connect(
     while let Some(guard) = picker.next_backend() {
         let addr = guard.addr();
         let started = Instant::now();
-        match crate::pool::connect(addr, tls, preface, timeout).await {
+        match crate::pool::connect(dial, addr, timeout).await {
             Ok(stream) => {
                 debug!(
                     backend = %addr,

@@ -55,7 +55,7 @@ use tracing::{debug, warn};
 use crate::Shared;
 use crate::client::Addrs;
 use crate::conn::{linger, reject};
-use crate::pool::{self, Lease};
+use crate::pool::{self, Dial, Lease};
 use crate::snapshot::{Snapshot, canonical};
 use crate::stream::ClientStream;
 
@@ -307,6 +307,11 @@ async fn exchange(
         cookie: pool.sticky_cookie().and_then(|c| cookie(request, &c.name)),
         key: key.as_ref().map(|k| k.as_bytes()),
     };
+    let dial = Dial {
+        source_addrs: snapshot.source_addrs(pool_index),
+        preface: &preface,
+        tls,
+    };
     let Lease {
         mut stream,
         guard,
@@ -314,7 +319,7 @@ async fn exchange(
         reused,
     } = shared
         .idle
-        .checkout(pool, tls, affinity, timeouts.connect, &preface)
+        .checkout(pool, &dial, affinity, timeouts.connect)
         .await?;
     let addr = guard.addr();
     if reused {
@@ -345,7 +350,7 @@ async fn exchange(
         if retryable {
             debug!(backend = %addr, %error, "pooled connection closed by the backend; sending again");
             shared.stats.count_stale_retry();
-            stream = match pool::connect(addr, tls, &preface, timeouts.connect).await {
+            stream = match pool::connect(&dial, addr, timeouts.connect).await {
                 Ok(stream) => stream,
                 Err(error) => {
                     crate::health::connect_failed(

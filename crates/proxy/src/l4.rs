@@ -26,6 +26,7 @@ use crate::Shared;
 use crate::accept::Admission;
 use crate::client;
 use crate::conn::{self, Connected, GaugeGuard, TunnelMetrics};
+use crate::pool::Dial;
 use crate::snapshot::canonical;
 use crate::stream::ClientStream;
 
@@ -103,10 +104,16 @@ pub(crate) async fn serve(
         cookie: None,
         key: key.as_deref(),
     };
+    // L4 pools carry the client's bytes as they are: never TLS to the backend (the
+    // configuration refuses `tls` on a pool an L4 listener uses), and the PROXY header goes
+    // with the first bytes below.
+    let dial = Dial {
+        source_addrs: snapshot.source_addrs(pool_index),
+        preface: b"",
+        tls: None,
+    };
     let connected = tokio::select! {
-        // L4 pools carry the client's bytes as they are: never TLS to the backend (the
-        // configuration refuses `tls` on a pool an L4 listener uses).
-        connected = conn::connect(pool, None, b"", affinity, config.timeouts.connect) => connected,
+        connected = conn::connect(pool, &dial, affinity, config.timeouts.connect) => connected,
         () = shared.stop_tunnels.cancelled() => return,
     };
     let Connected {

@@ -23,6 +23,7 @@ mod accept;
 mod admin;
 mod client;
 mod conn;
+mod discovery;
 mod health;
 mod http;
 mod l4;
@@ -31,6 +32,7 @@ mod pool;
 mod proxy_protocol;
 mod reload;
 mod snapshot;
+mod source_addrs;
 mod sources;
 mod stats;
 mod status;
@@ -57,6 +59,7 @@ use tracing::{info, warn};
 pub use limits::derived_max_connections;
 pub use reload::{ReloadError, ReloadStats};
 pub use snapshot::{ListenerRuntime, Snapshot, check_tls};
+pub use source_addrs::check as check_source_addrs;
 pub use stats::{Refused, Stats, StatusClass};
 
 use reload::Control;
@@ -85,6 +88,9 @@ pub enum ProxyError {
     /// certificates), one line per problem.
     #[error("TLS certificates:\n{}", .0.join("\n"))]
     Tls(Vec<String>),
+    /// A pool's source address cannot be bound on this host, one line per address.
+    #[error("source addresses:\n{}", .0.join("\n"))]
+    SourceAddrs(Vec<String>),
 }
 
 /// A listening socket bound for one configured listener.
@@ -217,8 +223,11 @@ impl Server {
     }
 
     /// Binds every configured listener, in configuration order, and the admin listener.
+    /// Pools with DNS discovery are resolved here, before anything can be accepted.
     pub async fn bind(&self) -> Result<Vec<BoundListener>, ProxyError> {
-        self.bind_with(|_, _| None)
+        let bound = self.bind_with(|_, _| None)?;
+        self.discover_at_start().await;
+        Ok(bound)
     }
 
     /// [`Server::bind`], taking a listener's socket from `inherited(name, configured address)`
@@ -230,6 +239,10 @@ impl Server {
         let snapshot = self.shared.snapshot.load_full();
         if !snapshot.tls_errors().is_empty() {
             return Err(ProxyError::Tls(snapshot.tls_errors().to_vec()));
+        }
+        let source_addrs = source_addrs::check(snapshot.config());
+        if !source_addrs.is_empty() {
+            return Err(ProxyError::SourceAddrs(source_addrs));
         }
         let mut bind = |name: &str, addr: SocketAddr| match inherited(name, addr) {
             Some(listener) => Ok(BoundListener::new(name, listener)),
@@ -246,6 +259,29 @@ impl Server {
             state.bound = Some(listener.listener);
         }
         Ok(bound)
+    }
+
+    /// Resolves the discovery of every pool that has one, once (by `bind`, or by `run` when
+    /// it was not called), before anything is accepted; the first snapshot takes the answers.
+    async fn discover_at_start(&self) {
+        let mut control = self.shared.control.lock().await;
+        if control.resolved_at_start {
+            return;
+        }
+        control.resolved_at_start = true;
+        let snapshot = self.shared.snapshot.load_full();
+        if snapshot
+            .config()
+            .pools
+            .iter()
+            .all(|p| p.discovery.is_none())
+        {
+            return;
+        }
+        let (config, next) = discovery::resolve_at_start(snapshot.config().clone()).await;
+        let resolved = Snapshot::build(Arc::new(config), snapshot.generation(), |_, _| None);
+        self.shared.snapshot.store(Arc::new(resolved));
+        control.first_resolution = next;
     }
 
     /// The admin listener's address, once bound.
@@ -347,7 +383,8 @@ impl Server {
         self.shared.control.lock().await.listener_addrs()
     }
 
-    /// Serves on these listeners until `shutdown` resolves; then stops accepting, gives live
+    /// Serves on these listeners until `shutdown` resolves (pools with DNS discovery are
+    /// resolved first: no connection is accepted before); then stops accepting, gives live
     /// connections until the shutdown deadline to finish, closes what is left (oldest first,
     /// spread over the end of the deadline), and returns.
     pub async fn run(
@@ -356,6 +393,7 @@ impl Server {
         shutdown: impl Future<Output = ()>,
     ) -> Result<(), ProxyError> {
         {
+            self.discover_at_start().await;
             let snapshot = self.shared.snapshot.load_full();
             if let Some(l) = listeners
                 .iter()
@@ -372,6 +410,8 @@ impl Server {
                 control.start_listener(&self.shared, l, configured);
             }
             health::snapshot_live(&mut control.health, None, &snapshot);
+            let next = std::mem::take(&mut control.first_resolution);
+            control.discovery.follow(&self.shared, &snapshot, &next);
             self.shared.ready.store(true, Ordering::Relaxed);
             self.shared.started_accepting.notify_waiters();
             sluice_metrics::global::ready(true);
@@ -404,6 +444,7 @@ impl Server {
         let mut control = shared.control.lock().await;
         control.stop_all_listeners().await;
         control.health.stop();
+        control.discovery.stop();
         shared.tasks.close();
         // Keep-alive connections waiting for a request close now; none is reused again.
         shared.closing.cancel();

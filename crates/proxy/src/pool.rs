@@ -31,6 +31,8 @@ use sluice_tls::{BackendStream, ConnectError, Upstream};
 use tokio::time::Instant;
 use tracing::{debug, warn};
 
+use crate::source_addrs::SourceAddrs;
+
 /// The idle backend connections of one server.
 #[derive(Debug, Default)]
 pub(crate) struct IdlePool {
@@ -67,14 +69,13 @@ impl IdlePool {
     /// A connection to the best candidate of `pool` for `affinity`: an idle one to that
     /// backend when there is one, else a new one. Refusals and connect timeouts move on to the
     /// next candidate, as for upgrades (at most `connect_attempts`); the last failure is the
-    /// answer. With a `preface` (a PROXY header), always a new connection that starts with it.
+    /// answer. With a preface (a PROXY header), always a new connection that starts with it.
     pub(crate) async fn checkout(
         &self,
         pool: &Pool,
-        tls: Option<&Upstream>,
+        dial: &Dial<'_>,
         affinity: Affinity<'_>,
         connect_timeout: Duration,
-        preface: &[u8],
     ) -> Result<Lease, HandshakeError> {
         let mut picker = pool.picker_for(affinity);
         let mut last_error = None;
@@ -83,8 +84,8 @@ impl IdlePool {
             let set_cookie = picker.cookie_to_set().copied();
             // A connection opened with a preface (a PROXY header naming this client) is this
             // client's alone: never one of another's.
-            let idle = if preface.is_empty() {
-                self.take(pool.name(), addr, kind(tls))
+            let idle = if dial.preface.is_empty() {
+                self.take(pool.name(), addr, kind(dial.tls))
             } else {
                 None
             };
@@ -96,7 +97,7 @@ impl IdlePool {
                     reused: true,
                 });
             }
-            match connect(addr, tls, preface, connect_timeout).await {
+            match connect(dial, addr, connect_timeout).await {
                 Ok(stream) => {
                     debug!(
                         backend = %addr,
@@ -188,17 +189,36 @@ impl IdlePool {
     }
 }
 
-/// One connect to a backend: TCP, `preface` (a PROXY header, or nothing), then with `tls` the
-/// TLS handshake, all within `timeout`. A handshake that fails (certificate not trusted, wrong
+/// How to reach a pool's backends: from which source addresses, with which opening bytes
+/// (a PROXY header), over TLS or not.
+#[derive(Clone, Copy)]
+pub(crate) struct Dial<'a> {
+    pub(crate) source_addrs: &'a SourceAddrs,
+    /// Written on the TCP connection first, before TLS (a PROXY header; empty: nothing). A
+    /// connection opened with one belongs to its client: never pooled, never reused.
+    pub(crate) preface: &'a [u8],
+    pub(crate) tls: Option<&'a Upstream>,
+}
+
+/// One connect to a backend: TCP (from the next source address), the preface, then with TLS
+/// the handshake, all within `timeout`. A handshake that fails (certificate not trusted, wrong
 /// name, expired, not TLS) is a failed connect like a refusal: logged with why, and the caller
 /// moves on to the next backend.
 pub(crate) async fn connect(
+    dial: &Dial<'_>,
     addr: SocketAddr,
-    tls: Option<&Upstream>,
-    preface: &[u8],
     timeout: Duration,
 ) -> Result<BackendStream, HandshakeError> {
-    match sluice_tls::upstream::connect(addr, tls, preface, timeout).await {
+    let deadline = tokio::time::Instant::now() + timeout;
+    let connected = match tokio::time::timeout_at(deadline, dial.source_addrs.connect(addr)).await {
+        Ok(Ok(tcp)) => {
+            let _ = tcp.set_nodelay(true);
+            sluice_tls::upstream::secure(tcp, addr, dial.tls, dial.preface, deadline).await
+        }
+        Ok(Err(source)) => Err(ConnectError::Refused(source)),
+        Err(_) => Err(ConnectError::Timeout),
+    };
+    match connected {
         Ok(stream) => Ok(stream),
         Err(ConnectError::Refused(source)) => {
             warn!(backend = %addr, error = %source, "connect failed");
@@ -208,7 +228,7 @@ pub(crate) async fn connect(
             })
         }
         Err(ConnectError::Timeout) => {
-            warn!(backend = %addr, timeout = ?timeout, tls = tls.is_some(), "connect timed out");
+            warn!(backend = %addr, timeout = ?timeout, tls = dial.tls.is_some(), "connect timed out");
             Err(HandshakeError::BackendConnectTimeout { backend: addr })
         }
         Err(ConnectError::Tls { reason }) => {

@@ -13,7 +13,10 @@
 //!    tunnels drain (kept until they end by themselves, or closed oldest first over the pool's
 //!    `drain_spread` once its `drain_timeout` passed).
 //!
-//! Reloads are serialised by the control lock; connections never take it.
+//! Reloads are serialised by the control lock; connections never take it. A change of a pool's
+//! DNS-discovered backends (`discovery.rs`) is committed by the same steps (`commit`), with the
+//! running configuration and that pool's backends replaced; a reload first fills in the
+//! discovered backends of the new configuration (kept when the question is unchanged).
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -52,6 +55,13 @@ pub enum ReloadError {
     /// a route host no certificate covers).
     #[error("TLS certificates:\n{}", .0.join("\n"))]
     Tls(Vec<String>),
+    /// A pool's discovery changed and its new question could not be resolved (the running
+    /// configuration keeps its last good backends), one line per pool.
+    #[error("DNS discovery:\n{}", .0.join("\n"))]
+    Discovery(Vec<String>),
+    /// A pool's source address cannot be bound on this host, one line per address.
+    #[error("source addresses:\n{}", .0.join("\n"))]
+    SourceAddrs(Vec<String>),
     /// The server is shutting down.
     #[error("the server is shutting down")]
     ShuttingDown,
@@ -65,6 +75,8 @@ impl ReloadError {
             Self::RestartRequired { .. } => "restart_required",
             Self::Bind(_) => "bind_failed",
             Self::Tls(_) => "tls_failed",
+            Self::Discovery(_) => "discovery_failed",
+            Self::SourceAddrs(_) => "source_addrs",
             Self::ShuttingDown => "shutting_down",
         }
     }
@@ -124,6 +136,12 @@ pub(crate) struct Control {
     shutting_down: bool,
     /// One checker per backend of the live snapshot's checked pools (`health.rs`).
     pub(crate) health: sluice_health::HealthChecks,
+    /// One DNS resolution loop per pool with discovery (`discovery.rs`).
+    pub(crate) discovery: crate::discovery::Watchers,
+    /// Whether the start-up resolution of discovered pools was done.
+    pub(crate) resolved_at_start: bool,
+    /// When each pool resolved at start asks again (taken by `run`).
+    pub(crate) first_resolution: HashMap<String, Duration>,
 }
 
 impl Control {
@@ -193,6 +211,10 @@ impl Control {
             let _ = l.task.await;
             info!(listener = %name, addr = %l.local, "listener closed");
         }
+    }
+
+    pub(crate) fn shutting_down(&self) -> bool {
+        self.shutting_down
     }
 
     pub(crate) async fn stop_all_listeners(&mut self) {
@@ -265,13 +287,47 @@ impl Server {
         }
         let old = shared.snapshot.load_full();
         restart_only(old.config(), &config)?;
+        let sources = crate::source_addrs::check(&config);
+        if !sources.is_empty() {
+            return Err(ReloadError::SourceAddrs(sources));
+        }
+        // Pools with discovery: the backends resolved so far when the question is the same,
+        // else resolved now; nothing is committed before.
+        let (config, next) = crate::discovery::fill(&old, config)
+            .await
+            .map_err(ReloadError::Discovery)?;
+        let done = commit(shared, &mut control, &old, config, &next, Reason::Reload).await?;
+        info!(
+            generation = done.generation,
+            listeners_removed = done.listeners_removed,
+            listeners_started = done.listeners_started,
+            "configuration reloaded"
+        );
+        Ok(done.generation)
+    }
+}
 
+/// Steps 1 to 4 of a reload (module documentation) for `config`, whose discovered backends are
+/// filled in: build the next snapshot beside `old`, bind new listeners, commit, retire dropped
+/// backends. Reloads and discovery changes both end here, under the control lock. `next`: when
+/// new discovery loops first ask again, by pool. `Reason::Discovery` keeps `old`'s certificates
+/// (a reload reads them again).
+pub(crate) async fn commit(
+    shared: &Arc<Shared>,
+    control: &mut Control,
+    old: &Arc<Snapshot>,
+    config: Config,
+    next: &HashMap<String, Duration>,
+    reason: Reason,
+) -> Result<Committed, ReloadError> {
+    {
         // 1. The next snapshot, beside the live one.
         let generation = old.generation() + 1;
-        let snapshot = Arc::new(Snapshot::build(
+        let snapshot = Arc::new(Snapshot::build_from(
             Arc::new(config),
             generation,
-            |pool, addr| control.known_backend(&old, pool, addr),
+            |pool, addr| control.known_backend(old, pool, addr),
+            (reason == Reason::Discovery).then_some(&**old),
         ));
         if !snapshot.tls_errors().is_empty() {
             return Err(ReloadError::Tls(snapshot.tls_errors().to_vec()));
@@ -304,22 +360,37 @@ impl Server {
             control.stop_listener(name).await;
         }
         shared.snapshot.store(Arc::clone(&snapshot));
-        crate::health::snapshot_live(&mut control.health, Some(&old), &snapshot);
+        crate::health::snapshot_live(&mut control.health, Some(old), &snapshot);
+        control.discovery.follow(shared, &snapshot, next);
         let started = to_start.len();
         for (listener, configured) in to_start {
             control.start_listener(shared, listener, configured);
         }
 
         // 4. Backends dropped by this reload drain; backends added back stop draining.
-        retire_dropped(&mut control, shared, &old, &snapshot);
-        info!(
+        retire_dropped(control, shared, old, &snapshot);
+        Ok(Committed {
             generation,
-            listeners_removed = to_stop.len(),
-            listeners_started = started,
-            "configuration reloaded"
-        );
-        Ok(generation)
+            listeners_removed: to_stop.len(),
+            listeners_started: started,
+        })
     }
+}
+
+/// Why a commit happens.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Reason {
+    /// A new configuration (SIGHUP): everything is read again.
+    Reload,
+    /// Discovered backends changed: only they differ from the running configuration.
+    Discovery,
+}
+
+/// What a commit did.
+pub(crate) struct Committed {
+    pub(crate) generation: u64,
+    listeners_removed: usize,
+    listeners_started: usize,
 }
 
 /// Settings whose state was created at start (the pipe pool, the connection semaphore).

@@ -15,6 +15,8 @@ use sluice_tls::{
 };
 use tracing::warn;
 
+use crate::source_addrs::SourceAddrs;
+
 /// Routes, pools and balancer state of one configuration generation.
 #[derive(Debug)]
 pub struct Snapshot {
@@ -24,6 +26,8 @@ pub struct Snapshot {
     /// Metric handles of each pool, and of each of its backends (same order as the pool's).
     /// Shared (`Arc`) so a connection holds them past the snapshot without copying labels.
     pool_metrics: Vec<(Arc<PoolMetrics>, Vec<Arc<BackendMetrics>>)>,
+    /// Each pool's source addresses (same order as the pools).
+    source_addrs: Vec<SourceAddrs>,
     listeners: Vec<ListenerRuntime>,
     /// TLS to the backends of each pool (same order as `pools`; `None`: plain TCP), built once
     /// for this generation.
@@ -92,6 +96,18 @@ impl Snapshot {
         generation: u64,
         known: impl Fn(&str, SocketAddr) -> Option<Arc<Backend>>,
     ) -> Self {
+        Self::build_from(config, generation, known, None)
+    }
+
+    /// As [`Snapshot::build`], but listeners whose TLS settings are the same as in `loaded`
+    /// keep its certificates instead of reading the files again: a change of discovered
+    /// backends is not a certificate reload.
+    pub(crate) fn build_from(
+        config: Arc<Config>,
+        generation: u64,
+        known: impl Fn(&str, SocketAddr) -> Option<Arc<Backend>>,
+        loaded: Option<&Snapshot>,
+    ) -> Self {
         let pools: Vec<Arc<Pool>> = config
             .pools
             .iter()
@@ -99,19 +115,34 @@ impl Snapshot {
             .collect();
         let pool_index = |name: &str| config.pools.iter().position(|p| p.name == name);
         let mut tls_errors = Vec::new();
+        // The same for pools' TLS to their backends: unchanged settings keep the loaded
+        // configuration (and with it the idle connections and health checkers made with it).
         let upstreams = config
             .pools
             .iter()
-            .map(|p| load_upstream(p, &mut tls_errors))
+            .map(|p| {
+                let kept = loaded.and_then(|old| {
+                    let old_index = old.config.pools.iter().position(|o| o.name == p.name)?;
+                    let same = old.config.pools.get(old_index)?.tls == p.tls;
+                    same.then(|| old.upstreams.get(old_index).cloned().flatten())
+                });
+                kept.unwrap_or_else(|| load_upstream(p, &mut tls_errors))
+            })
             .collect();
         let listeners = config
             .listeners
             .iter()
             .map(|l| ListenerRuntime {
-                tls: l
-                    .tls
-                    .as_ref()
-                    .and_then(|tls| load_tls(&config, l, tls, &mut tls_errors)),
+                tls: match loaded
+                    .and_then(|s| s.listener(&l.name))
+                    .filter(|old| old.config.tls == l.tls)
+                {
+                    Some(old) => old.tls.clone(),
+                    None => l
+                        .tls
+                        .as_ref()
+                        .and_then(|tls| load_tls(&config, l, tls, &mut tls_errors)),
+                },
                 router: Router::new(
                     config.routes_for(&l.name),
                     pool_index,
@@ -133,11 +164,17 @@ impl Snapshot {
                 (Arc::new(PoolMetrics::new(pool.name())), backends)
             })
             .collect();
+        let source_addrs = config
+            .pools
+            .iter()
+            .map(|p| SourceAddrs::new(&p.name, &p.source_addrs))
+            .collect();
         Self {
             generation,
             config,
             pools,
             pool_metrics,
+            source_addrs,
             listeners,
             upstreams,
             tls_errors,
@@ -177,6 +214,13 @@ impl Snapshot {
     /// The metric handles of the pool at a router's index.
     pub fn pool_metrics(&self, index: usize) -> Option<&Arc<PoolMetrics>> {
         self.pool_metrics.get(index).map(|(pool, _)| pool)
+    }
+
+    /// The source addresses of the pool at a router's index (none when it has none).
+    pub(crate) fn source_addrs(&self, index: usize) -> &SourceAddrs {
+        self.source_addrs
+            .get(index)
+            .unwrap_or(&crate::source_addrs::NONE)
     }
 
     /// The metric handles of a backend of the pool at a router's index.

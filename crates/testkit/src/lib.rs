@@ -21,6 +21,9 @@
 //!   - [`Blackhole`] (never answers), [`StaticResponder`] (a fixed raw answer, see
 //!     [`responses`]), [`refused_addr`] (nothing listening), [`TcpEcho`] (raw bytes, half-close
 //!     honoured).
+//! - **A DNS server** ([`DnsServer`]): authoritative A/AAAA/SRV answers on loopback UDP and
+//!   TCP from a table the test changes at run time, and failure modes (SERVFAIL, REFUSED,
+//!   silence, truncation) for DNS discovery.
 //! - **Clients**: [`ws_connect`] / [`ws_handshake`] with 64 MiB limits, [`raw_exchange`] and
 //!   [`RawClient`] for exact bytes, and [`wait_until`] to wait for a condition with a deadline
 //!   instead of sleeping.
@@ -34,6 +37,7 @@
 #![forbid(unsafe_code)]
 
 mod client;
+mod dns;
 mod echo;
 mod http;
 mod http_backend;
@@ -46,6 +50,7 @@ pub use client::{
     raw_exchange, raw_exchange_chunked, wait_until, wait_until_async, ws_config, ws_connect,
     ws_handshake, ws_roundtrip,
 };
+pub use dns::{DnsMode, DnsServer, SrvRecord};
 pub use echo::{DEFAULT_MAX_MESSAGE_SIZE, EchoBackend, EchoBuilder};
 pub use http::{ProxyHeader, RecordedRequest};
 pub use http_backend::{Checksum, HttpBackend, checksum, pattern};

@@ -227,9 +227,8 @@ pub enum ConnectError {
     Tls { reason: String },
 }
 
-/// Connects to `addr` (TCP, `TCP_NODELAY`), writes `preface` on the TCP connection (a PROXY
-/// protocol header, which precedes TLS; empty: nothing), then, with `tls`, completes a TLS
-/// handshake; everything within `timeout`.
+/// Connects to `addr` (TCP, `TCP_NODELAY`), then [`secure`]s the connection; everything
+/// within `timeout`.
 pub async fn connect(
     addr: SocketAddr,
     tls: Option<&Upstream>,
@@ -237,12 +236,24 @@ pub async fn connect(
     timeout: Duration,
 ) -> Result<BackendStream, ConnectError> {
     let deadline = tokio::time::Instant::now() + timeout;
-    let mut tcp = match tokio::time::timeout_at(deadline, TcpStream::connect(addr)).await {
+    let tcp = match tokio::time::timeout_at(deadline, TcpStream::connect(addr)).await {
         Ok(Ok(tcp)) => tcp,
         Ok(Err(e)) => return Err(ConnectError::Refused(e)),
         Err(_) => return Err(ConnectError::Timeout),
     };
     let _ = tcp.set_nodelay(true);
+    secure(tcp, addr, tls, preface, deadline).await
+}
+
+/// On a TCP connection to `addr`: writes `preface` (a PROXY protocol header, which precedes
+/// TLS; empty: nothing), then, with `tls`, completes a TLS handshake, by `deadline`.
+pub async fn secure(
+    mut tcp: TcpStream,
+    addr: SocketAddr,
+    tls: Option<&Upstream>,
+    preface: &[u8],
+    deadline: tokio::time::Instant,
+) -> Result<BackendStream, ConnectError> {
     if !preface.is_empty() {
         match tokio::time::timeout_at(deadline, tcp.write_all(preface)).await {
             Ok(Ok(())) => {}
