@@ -10,6 +10,7 @@ mod health;
 mod hostile;
 mod http;
 mod l4;
+mod origin;
 mod relay;
 mod reload;
 mod routing;

@@ -99,6 +99,10 @@ pub enum HandshakeError {
     /// No route of the listener serves the request's host (listener answers 421 for that).
     #[error("no route serves the requested host")]
     MisdirectedHost,
+    /// The matched route has an `Origin` allow-list and the request's `Origin` is not on it
+    /// (or is missing where the route requires one): cross-site WebSocket hijacking refused.
+    #[error("origin not allowed on this route")]
+    OriginNotAllowed,
 
     // ----- backend -----
     /// The pool has no backend that can take the connection (all down, draining, or none).
@@ -147,6 +151,10 @@ pub enum HandshakeError {
     /// or pool (a reload raced the handshake); the client may retry at once.
     #[error("listener or pool retired by a reload during the handshake")]
     ListenerGone,
+    /// sluice has no file descriptor left for the backend connection (EMFILE/ENFILE): a local
+    /// shortage, not the backend's fault (it is not counted against the backend's health).
+    #[error("no file descriptor left for a backend connection")]
+    DescriptorsExhausted,
     /// A route names a pool the router was not given an index for (a bug: config validation
     /// guarantees every route's pool exists).
     #[error("route names unknown pool {pool:?}")]
@@ -172,7 +180,8 @@ impl HandshakeError {
     /// | `UnsupportedWebSocketVersion` | 426 + `Sec-WebSocket-Version: 13` | RFC 6455 §4.2.2 item 4 |
     /// | `NoRoute` | 404 | |
     /// | `MisdirectedHost` | 421 | RFC 9110 §15.5.20, when the listener is configured so |
-    /// | `NoBackend`, `ListenerGone` | 503 + `Retry-After` | temporary |
+    /// | `OriginNotAllowed` | 403 | RFC 6455 §4.2.2 item 1 / §10.2: a refused origin gets 403 |
+    /// | `NoBackend`, `ListenerGone`, `DescriptorsExhausted` | 503 + `Retry-After` | temporary |
     /// | `BackendRefused`, `BadBackendResponse`, `BackendClosed`, `BackendIo`, `BackendTruncated` | 502 | RFC 9110 §15.6.3 |
     /// | `BackendConnectTimeout`, `BackendResponseTimeout`, `BackendBodyTimeout` | 504 | RFC 9110 §15.6.5 |
     /// | `UnknownPool` | 500 | a bug |
@@ -192,7 +201,8 @@ impl HandshakeError {
             NotUpgrade | UnsupportedWebSocketVersion => 426,
             NoRoute => 404,
             MisdirectedHost => 421,
-            NoBackend { .. } | ListenerGone => 503,
+            OriginNotAllowed => 403,
+            NoBackend { .. } | ListenerGone | DescriptorsExhausted => 503,
             BackendRefused { .. }
             | BadBackendResponse { .. }
             | BackendClosed { .. }
@@ -229,6 +239,7 @@ impl HandshakeError {
             UnsupportedWebSocketVersion => "unsupported_websocket_version",
             NoRoute => "no_route",
             MisdirectedHost => "misdirected_host",
+            OriginNotAllowed => "origin_not_allowed",
             NoBackend { .. } => "no_backend",
             BackendRefused { .. } => "backend_refused",
             BackendConnectTimeout { .. } => "backend_connect_timeout",
@@ -239,6 +250,7 @@ impl HandshakeError {
             BackendTruncated { .. } => "backend_truncated",
             BackendBodyTimeout { .. } => "backend_body_timeout",
             ListenerGone => "listener_gone",
+            DescriptorsExhausted => "descriptors_exhausted",
             UnknownPool { .. } => "unknown_pool",
         }
     }
@@ -266,7 +278,8 @@ impl HandshakeError {
             | BadWebSocketKey { .. }
             | UnsupportedWebSocketVersion
             | NoRoute
-            | MisdirectedHost => Side::Client,
+            | MisdirectedHost
+            | OriginNotAllowed => Side::Client,
             NoBackend { .. }
             | BackendRefused { .. }
             | BackendConnectTimeout { .. }
@@ -276,7 +289,7 @@ impl HandshakeError {
             | BackendIo { .. }
             | BackendTruncated { .. }
             | BackendBodyTimeout { .. } => Side::Backend,
-            ListenerGone | UnknownPool { .. } => Side::Internal,
+            ListenerGone | UnknownPool { .. } | DescriptorsExhausted => Side::Internal,
         }
     }
 
@@ -320,6 +333,7 @@ impl HandshakeError {
             UnsupportedWebSocketVersion => "WebSocket version 13 is required",
             NoRoute => "no route for this request",
             MisdirectedHost => "this host is not served here",
+            OriginNotAllowed => "origin not allowed",
             NoBackend { .. } => "no backend available",
             BackendRefused { .. } => "backend connection failed",
             BackendConnectTimeout { .. } => "backend connection timed out",
@@ -330,6 +344,7 @@ impl HandshakeError {
             BackendTruncated { .. } => "backend response truncated",
             BackendBodyTimeout { .. } => "backend body timed out",
             ListenerGone => "configuration reloaded, retry",
+            DescriptorsExhausted => "server busy, retry",
             UnknownPool { .. } => "internal error",
         }
     }
@@ -370,6 +385,7 @@ pub fn error_response(err: &HandshakeError) -> Option<Vec<u8>> {
 fn reason_phrase(status: u16) -> &'static str {
     match status {
         400 => "Bad Request",
+        403 => "Forbidden",
         404 => "Not Found",
         405 => "Method Not Allowed",
         408 => "Request Timeout",
@@ -522,6 +538,12 @@ mod tests {
                 Some("HTTP/1.1 421 Misdirected Request"),
                 NONE,
             ),
+            (OriginNotAllowed, Some("HTTP/1.1 403 Forbidden"), NONE),
+            (
+                DescriptorsExhausted,
+                Some("HTTP/1.1 503 Service Unavailable"),
+                &["Retry-After: 5\r\n"],
+            ),
             (
                 NoBackend {
                     pool: "chat".into(),
@@ -596,7 +618,8 @@ mod tests {
             }
             BackendIo { .. } | ListenerGone | UnknownPool { .. } => true,
             BodyTimeout | BodyTooLarge { .. } | ClientStalled | UnsupportedTransferCoding => true,
-            BackendTruncated { .. } | BackendBodyTimeout { .. } => true,
+            BackendTruncated { .. } | BackendBodyTimeout { .. } | OriginNotAllowed => true,
+            DescriptorsExhausted => true,
         }
     }
 
@@ -607,9 +630,9 @@ mod tests {
         let mut labels: Vec<_> = all.iter().map(|(e, _, _)| e.label()).collect();
         labels.sort_unstable();
         labels.dedup();
-        // 31 variants, 31 distinct labels.
-        assert_eq!(labels.len(), 31);
-        assert_eq!(all.len(), 31);
+        // 33 variants, 33 distinct labels.
+        assert_eq!(labels.len(), 33);
+        assert_eq!(all.len(), 33);
     }
 
     #[test]

@@ -388,6 +388,11 @@ pub(crate) async fn connect(
                     took: started.elapsed(),
                 });
             }
+            // A local shortage, not the backend's fault: no other backend would fare better.
+            Ok(Err(source)) if crate::limits::is_descriptor_exhaustion(&source) => {
+                warn!(backend = %addr, error = %source, "no descriptor left to connect");
+                return Err(HandshakeError::DescriptorsExhausted);
+            }
             Ok(Err(source)) => {
                 warn!(backend = %addr, error = %source, "connect failed");
                 crate::health::connect_failed(pool, guard.backend(), "connect_refused");

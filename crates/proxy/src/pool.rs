@@ -96,6 +96,8 @@ impl IdlePool {
                         reused: false,
                     });
                 }
+                // A local shortage: no other backend would fare better.
+                Err(error @ HandshakeError::DescriptorsExhausted) => return Err(error),
                 Err(error) => {
                     // Passive checks count it like a refused upgrade's connect.
                     crate::health::connect_failed(pool, guard.backend(), failure_reason(&error));
@@ -180,6 +182,10 @@ pub(crate) async fn connect(
         Ok(Ok(stream)) => {
             let _ = stream.set_nodelay(true);
             Ok(stream)
+        }
+        Ok(Err(source)) if crate::limits::is_descriptor_exhaustion(&source) => {
+            warn!(backend = %addr, error = %source, "no descriptor left to connect");
+            Err(HandshakeError::DescriptorsExhausted)
         }
         Ok(Err(source)) => {
             warn!(backend = %addr, error = %source, "connect failed");
