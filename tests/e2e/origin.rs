@@ -2,12 +2,11 @@
 //! what gets 403 before a backend sees a byte, for upgrades and plain requests alike, and that
 //! a reload changes the list for new requests only.
 
-use std::time::Duration;
-
 use sluice_e2e::{Proxy, config};
 use sluice_testkit::{EchoBackend, HttpBackend, RawResponse, raw_exchange};
 
 use crate::SOON;
+use crate::hostile::head_status;
 
 fn upgrade(path: &str, origin: Option<&str>) -> Vec<u8> {
     let origin = origin.map_or(String::new(), |o| format!("Origin: {o}\r\n"));
@@ -19,13 +18,14 @@ fn upgrade(path: &str, origin: Option<&str>) -> Vec<u8> {
     .into_bytes()
 }
 
-/// The answer's status; for a 101, the exchange ends at the read deadline (the tunnel stays
-/// open), so that one is kept short.
-async fn status(proxy: &Proxy, request: &[u8]) -> (Option<u16>, RawResponse) {
-    let response = raw_exchange(proxy.addr(), request, Duration::from_millis(300))
-        .await
-        .unwrap();
-    (response.status, response)
+/// A refusal: the whole answer, read until sluice closes.
+async fn refusal(proxy: &Proxy, request: &[u8]) -> RawResponse {
+    raw_exchange(proxy.addr(), request, SOON).await.unwrap()
+}
+
+/// An upgrade that must pass: the status of the answer's head (a 101 keeps the tunnel open).
+async fn status(proxy: &Proxy, request: &[u8]) -> Option<u16> {
+    head_status(proxy.addr(), &[request]).await
 }
 
 fn routes(allowed: &str, allow_missing: bool) -> String {
@@ -52,8 +52,8 @@ async fn upgrades_from_listed_origins_pass_and_others_get_403_without_reaching_a
         "http://localhost:3001",
         "null",
     ] {
-        let (got, response) = status(&proxy, &upgrade("/chat", Some(refused))).await;
-        assert_eq!(got, Some(403), "{refused}");
+        let response = refusal(&proxy, &upgrade("/chat", Some(refused))).await;
+        assert_eq!(response.status, Some(403), "{refused}");
         assert!(response.closed, "{refused}: closed after the answer");
         assert!(
             response
@@ -73,12 +73,15 @@ async fn upgrades_from_listed_origins_pass_and_others_get_403_without_reaching_a
         // No Origin: a non-browser client, allowed by default.
         None,
     ] {
-        let (got, _) = status(&proxy, &upgrade("/chat", allowed)).await;
-        assert_eq!(got, Some(101), "{allowed:?}");
+        assert_eq!(
+            status(&proxy, &upgrade("/chat", allowed)).await,
+            Some(101),
+            "{allowed:?}"
+        );
     }
     // Routes without a list are not affected.
-    let (got, _) = status(&proxy, &upgrade("/other", Some("https://evil.example.net"))).await;
-    assert_eq!(got, Some(101));
+    let other = upgrade("/other", Some("https://evil.example.net"));
+    assert_eq!(status(&proxy, &other).await, Some(101));
     let origins: Vec<Option<String>> = backend
         .requests()
         .iter()
@@ -142,14 +145,16 @@ async fn a_reload_changes_the_allow_list_for_new_requests() {
         &routes("\"https://a.example.com\"", true),
     );
     let proxy = Proxy::start(&before).await;
-    let (got, _) = status(&proxy, &upgrade("/chat", Some("https://b.example.com"))).await;
-    assert_eq!(got, Some(403));
+    let refused = refusal(&proxy, &upgrade("/chat", Some("https://b.example.com"))).await;
+    assert_eq!(refused.status, Some(403));
     let after = config(
         &[backend.addr()],
         "round_robin",
         &routes("\"https://a.example.com\", \"https://b.example.com\"", true),
     );
     proxy.reload(&after).await.unwrap();
-    let (got, _) = status(&proxy, &upgrade("/chat", Some("https://b.example.com"))).await;
-    assert_eq!(got, Some(101));
+    assert_eq!(
+        status(&proxy, &upgrade("/chat", Some("https://b.example.com"))).await,
+        Some(101)
+    );
 }

@@ -10,7 +10,7 @@ mod common;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
-use common::{Sluice, free_port, temp_file};
+use common::{Sluice, temp_file};
 use futures_util::StreamExt;
 use sluice_testkit::{
     EchoBackend, Message, RawClient, raw_exchange, raw_exchange_chunked, wait_until_async,
@@ -19,22 +19,26 @@ use sluice_testkit::{
 
 const SOON: Duration = Duration::from_secs(20);
 
-/// A process with an admin listener (for `/metrics`) in front of `backend`.
-fn config(port: u16, admin: u16, backend: SocketAddr, extra: &str) -> String {
-    format!(
-        "[[listeners]]\nname = \"public\"\nlisten = \"127.0.0.1:{port}\"\n\n\
-         [[routes]]\nlistener = \"public\"\npool = \"echo\"\n\n\
-         [pools.echo]\nbackends = [\"{backend}\"]\n\n\
-         [admin]\nlisten = \"127.0.0.1:{admin}\"\n\n{extra}\n"
+/// A process with an admin listener (for `/metrics`) in front of `backend`, both on port 0.
+fn config(backend: SocketAddr, extra: &str) -> String {
+    common::config(
+        &[backend],
+        "",
+        &format!("[admin]\nlisten = \"127.0.0.1:0\"\n\n{extra}"),
     )
 }
 
 /// A `sluice` process in front of `backend` with `extra` tables, and its admin address.
 async fn start(backend: SocketAddr, extra: &str) -> (Sluice, SocketAddr) {
-    let (port, admin_port) = (free_port(), free_port());
-    let path = temp_file("sluice.toml", &config(port, admin_port, backend, extra));
-    let sluice = Sluice::start(&path, port, &[]).await;
-    (sluice, SocketAddr::from(([127, 0, 0, 1], admin_port)))
+    let path = temp_file("sluice.toml", &config(backend, extra));
+    let sluice = Sluice::start(&path, &[]).await;
+    let line = sluice
+        .wait_log(&["\"message\":\"admin listener\""], SOON)
+        .await;
+    let admin = common::json_field(&line, "addr")
+        .and_then(|a| a.parse().ok())
+        .unwrap_or_else(|| panic!("no admin address in {line}"));
+    (sluice, admin)
 }
 
 /// The sum of every series of the metric `name` on the admin listener.
