@@ -230,9 +230,10 @@ async fn five_thousand_slow_heads_are_cut_at_the_deadline_while_honest_clients_u
             (response, started.elapsed())
         });
     }
-    // Honest clients once most slow ones are in.
+    // Honest clients once a fifth of the slow ones are held (the first are cut 3 s after they
+    // connect: on a loaded machine not all 5,000 may be in at once), the rest still coming.
     let attacked = wait_until_async(SOON, || async {
-        metric(admin, "sluice_connections_active").await >= (SLOW / 2) as f64
+        metric(admin, "sluice_connections_active").await >= (SLOW / 5) as f64
     })
     .await;
     assert!(attacked, "the slow clients never got in");
