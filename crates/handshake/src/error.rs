@@ -124,6 +124,10 @@ pub enum HandshakeError {
         #[source]
         source: io::Error,
     },
+    /// The TLS handshake with a backend failed (`wss` upstream): its certificate is not
+    /// trusted, names another server or expired, or it does not speak TLS.
+    #[error("TLS to backend {backend} failed: {reason}")]
+    BackendTls { backend: SocketAddr, reason: String },
     /// Connecting to a backend did not finish within the connect timeout.
     #[error("connecting to backend {backend} timed out")]
     BackendConnectTimeout { backend: SocketAddr },
@@ -192,7 +196,7 @@ impl HandshakeError {
     /// | `MisdirectedHost` | 421 | RFC 9110 §15.5.20, when the listener is configured so |
     /// | `OriginNotAllowed` | 403 | RFC 6455 §4.2.2 item 1 / §10.2: a refused origin gets 403 |
     /// | `NoBackend`, `ListenerGone`, `DescriptorsExhausted` | 503 + `Retry-After` | temporary |
-    /// | `BackendRefused`, `BadBackendResponse`, `BackendClosed`, `BackendIo`, `BackendTruncated` | 502 | RFC 9110 §15.6.3 |
+    /// | `BackendRefused`, `BackendTls`, `BadBackendResponse`, `BackendClosed`, `BackendIo`, `BackendTruncated` | 502 | RFC 9110 §15.6.3 |
     /// | `BackendConnectTimeout`, `BackendResponseTimeout`, `BackendBodyTimeout` | 504 | RFC 9110 §15.6.5 |
     /// | `UnknownPool` | 500 | a bug |
     pub fn status(&self) -> Option<u16> {
@@ -215,6 +219,7 @@ impl HandshakeError {
             OriginNotAllowed => 403,
             NoBackend { .. } | ListenerGone | DescriptorsExhausted => 503,
             BackendRefused { .. }
+            | BackendTls { .. }
             | BadBackendResponse { .. }
             | BackendClosed { .. }
             | BackendIo { .. }
@@ -254,6 +259,7 @@ impl HandshakeError {
             OriginNotAllowed => "origin_not_allowed",
             NoBackend { .. } => "no_backend",
             BackendRefused { .. } => "backend_refused",
+            BackendTls { .. } => "backend_tls",
             BackendConnectTimeout { .. } => "backend_connect_timeout",
             BackendResponseTimeout { .. } => "backend_response_timeout",
             BadBackendResponse { .. } => "bad_backend_response",
@@ -295,6 +301,7 @@ impl HandshakeError {
             | OriginNotAllowed => Side::Client,
             NoBackend { .. }
             | BackendRefused { .. }
+            | BackendTls { .. }
             | BackendConnectTimeout { .. }
             | BackendResponseTimeout { .. }
             | BadBackendResponse { .. }
@@ -349,7 +356,7 @@ impl HandshakeError {
             MisdirectedHost => "this host is not served here",
             OriginNotAllowed => "origin not allowed",
             NoBackend { .. } => "no backend available",
-            BackendRefused { .. } => "backend connection failed",
+            BackendRefused { .. } | BackendTls { .. } => "backend connection failed",
             BackendConnectTimeout { .. } => "backend connection timed out",
             BackendResponseTimeout { .. } => "backend response timed out",
             BadBackendResponse { .. } => "invalid backend response",
@@ -583,6 +590,14 @@ mod tests {
                 NONE,
             ),
             (
+                BackendTls {
+                    backend: addr(),
+                    reason: "unknown CA".into(),
+                },
+                Some("HTTP/1.1 502 Bad Gateway"),
+                NONE,
+            ),
+            (
                 BackendConnectTimeout { backend: addr() },
                 Some("HTTP/1.1 504 Gateway Timeout"),
                 NONE,
@@ -635,7 +650,7 @@ mod tests {
             UnsupportedVersion { .. } | MethodNotAllowed { .. } | UpgradeWithBody { .. } => true,
             MissingUpgradeHeaders { .. } | NotUpgrade | BadWebSocketKey { .. } => true,
             UnsupportedWebSocketVersion | NoRoute | MisdirectedHost | NoBackend { .. } => true,
-            BackendRefused { .. } | BackendConnectTimeout { .. } => true,
+            BackendRefused { .. } | BackendConnectTimeout { .. } | BackendTls { .. } => true,
             BackendResponseTimeout { .. } | BadBackendResponse { .. } | BackendClosed { .. } => {
                 true
             }
@@ -653,9 +668,9 @@ mod tests {
         let mut labels: Vec<_> = all.iter().map(|(e, _, _)| e.label()).collect();
         labels.sort_unstable();
         labels.dedup();
-        // 34 variants, 34 distinct labels.
-        assert_eq!(labels.len(), 34);
-        assert_eq!(all.len(), 34);
+        // 35 variants, 35 distinct labels.
+        assert_eq!(labels.len(), 35);
+        assert_eq!(all.len(), 35);
     }
 
     #[test]
