@@ -1,7 +1,7 @@
 # The one entry point. `make run` starts a demo, `make test` is what CI runs.
 CARGO ?= cargo
 
-.PHONY: all build run test lint fmt ci clean bench
+.PHONY: all build run test lint fmt ci clean bench fuzz
 
 all: build
 
@@ -35,3 +35,12 @@ clean:
 bench:
 	$(CARGO) build --release --locked -p sluice -p sluice-testkit -p sluice-bench --bins
 	python3 bench/run.py $(if $(QUICK),--quick,--update-docs)
+
+## fuzz the request-head reader, parser and router for FUZZ_TIME seconds (default 60); needs
+## cargo-fuzz (`cargo install cargo-fuzz --locked`); nightly features through RUSTC_BOOTSTRAP.
+## New inputs go to fuzz/corpus/ (not committed), crashes to fuzz/artifacts/. Not part of `test`.
+FUZZ_TIME ?= 60
+fuzz:
+	mkdir -p fuzz/corpus/request_head
+	cd fuzz && RUSTC_BOOTSTRAP=1 $(CARGO) fuzz run request_head corpus/request_head seeds/request_head \
+		-- -max_total_time=$(FUZZ_TIME) -print_final_stats=1

@@ -23,7 +23,7 @@ fn upgrade_with(extra: &str) -> Vec<u8> {
 /// Sends `chunks` one by one (1 ms apart when there are several) and returns the status of the
 /// answer's head. A 101 keeps the connection open, so only the head is waited for, however long
 /// a loaded machine takes to bring it.
-async fn head_status(addr: std::net::SocketAddr, chunks: &[&[u8]]) -> Option<u16> {
+pub(crate) async fn head_status(addr: std::net::SocketAddr, chunks: &[&[u8]]) -> Option<u16> {
     let mut client = RawClient::connect(addr).await.unwrap();
     for (i, chunk) in chunks.iter().enumerate() {
         if i > 0 {
@@ -88,16 +88,118 @@ fn catalogue() -> Vec<(&'static str, Vec<u8>, Option<u16>)> {
         ("leading empty line", [b"\r\n".as_slice(), &upgrade_with("")].concat(), Some(400)),
         ("closed without a byte", Vec::new(), None),
         ("half a head, then close", b"GET / HTTP/1.1\r\nHost: exa".to_vec(), None),
+        // Request smuggling: every framing two parsers could read two ways.
+        ("plain POST with Content-Length and Transfer-Encoding", post("Content-Length: 6\r\nTransfer-Encoding: chunked\r\n", "0\r\n\r\nX"), Some(400)),
+        ("plain POST with Transfer-Encoding then Content-Length", post("Transfer-Encoding: chunked\r\nContent-Length: 3\r\n", "0\r\n\r\n"), Some(400)),
+        ("plain POST with chunked not last", post("Transfer-Encoding: chunked, identity\r\n", "0\r\n\r\n"), Some(400)),
+        ("plain POST with Transfer-Encoding xchunked", post("Transfer-Encoding: xchunked\r\n", "0\r\n\r\n"), Some(400)),
+        ("plain POST with Transfer-Encoding folded", post("Transfer-Encoding:\r\n chunked\r\n", "0\r\n\r\n"), Some(400)),
+        ("plain POST with Transfer-Encoding, space before colon", post("Transfer-Encoding : chunked\r\n", "0\r\n\r\n"), Some(400)),
+        ("plain HTTP/1.0 POST with Transfer-Encoding", b"POST / HTTP/1.0\r\nHost: example.com\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n".to_vec(), Some(400)),
+        ("plain POST with two different Content-Lengths", post("Content-Length: 3\r\nContent-Length: 5\r\n", "abcde"), Some(400)),
+        ("plain POST with a Content-Length list", post("Content-Length: 5, 5\r\n", "abcde"), Some(400)),
+        ("plain POST with a signed Content-Length", post("Content-Length: +5\r\n", "abcde"), Some(400)),
+        ("plain POST with obs-fold in a field", post("X-Folded: a\r\n\tb\r\nContent-Length: 0\r\n", ""), Some(400)),
+        // Absurd Content-Length.
+        ("plain POST with a Content-Length beyond u64", post("Content-Length: 99999999999999999999999999\r\n", ""), Some(400)),
+        ("plain POST with Content-Length u64::MAX", post("Content-Length: 18446744073709551615\r\n", ""), Some(413)),
+        ("upgrade with a huge Content-Length", upgrade_with("Content-Length: 1000000000000\r\n"), Some(400)),
+        // Header injection through CR/LF in values that are routed on or forwarded.
+        ("CR in Host", upgrade_without("Host: example.com\r\n").replace_head("GET / HTTP/1.1\r\n", "GET / HTTP/1.1\r\nHost: example.com\rX-Injected: 1\r\n"), Some(400)),
+        ("CR in the path", format!("GET /chat\rX-Injected: 1 HTTP/1.1\r\nHost: example.com\r\n{UPGRADE}{KEY}{VERSION}\r\n").into_bytes(), Some(400)),
+        ("LF in the path", format!("GET /chat\nX-Injected: 1 HTTP/1.1\r\nHost: example.com\r\n{UPGRADE}{KEY}{VERSION}\r\n").into_bytes(), Some(400)),
+        ("CR in X-Forwarded-For", upgrade_with("X-Forwarded-For: 1.2.3.4\rX-Injected: 1\r\n"), Some(400)),
+        ("LF in X-Forwarded-Host", upgrade_with("X-Forwarded-Host: a.example\nX-Injected: 1\r\n"), Some(400)),
+        ("CR in X-Forwarded-Proto", upgrade_with("X-Forwarded-Proto: https\rX-Injected: 1\r\n"), Some(400)),
+        ("percent-encoded CRLF in Host", upgrade_without("Host: example.com\r\n").replace_head("GET / HTTP/1.1\r\n", "GET / HTTP/1.1\r\nHost: example.com%0d%0aX-Injected:1\r\n"), Some(400)),
+        ("CR in a routed header", upgrade_with("X-Tenant: blue\rX-Injected: 1\r\n"), Some(400)),
+        ("CR in Origin", app_upgrade("Origin: https://app.example.com\rX-Injected: 1\r\n"), Some(400)),
+        // Huge lines and binary.
+        ("huge request target", format!("GET /{} HTTP/1.1\r\nHost: example.com\r\n{UPGRADE}{KEY}{VERSION}\r\n", "a".repeat(20_000)).into_bytes(), Some(431)),
+        ("a TLS ClientHello on the plain port", client_hello(), Some(400)),
+        ("4 KiB of random binary", random_bytes(4096, 7), Some(400)),
+        ("random binary ending in a blank line", [random_bytes(512, 11), b"\r\n\r\n".to_vec()].concat(), Some(400)),
+        // Origin: the /app route allows https://app.example.com and https://*.example.com only,
+        // and requires an Origin (allow_missing_origin = false).
+        ("upgrade from a foreign origin", app_upgrade("Origin: https://evil.example.net\r\n"), Some(403)),
+        ("upgrade from an origin with the allowed name as a prefix", app_upgrade("Origin: https://app.example.com.evil.net\r\n"), Some(403)),
+        ("upgrade from the bare domain of a wildcard", app_upgrade("Origin: https://example.com\r\n"), Some(403)),
+        ("upgrade from an allowed host on another scheme", app_upgrade("Origin: http://app.example.com\r\n"), Some(403)),
+        ("upgrade from an allowed host on another port", app_upgrade("Origin: https://app.example.com:8443\r\n"), Some(403)),
+        ("upgrade from the null origin", app_upgrade("Origin: null\r\n"), Some(403)),
+        ("upgrade with two Origin fields", app_upgrade("Origin: https://app.example.com\r\nOrigin: https://evil.example.net\r\n"), Some(403)),
+        ("upgrade without Origin where one is required", app_upgrade(""), Some(403)),
+        ("plain POST from a foreign origin", b"POST /app HTTP/1.1\r\nHost: example.com\r\nOrigin: https://evil.example.net\r\nContent-Length: 0\r\n\r\n".to_vec(), Some(403)),
     ]
 }
+
+/// The route that checks origins (see [`CATALOGUE_CONFIG`]).
+fn app_upgrade(extra: &str) -> Vec<u8> {
+    format!("GET /app HTTP/1.1\r\nHost: example.com\r\n{extra}{UPGRADE}{KEY}{VERSION}\r\n")
+        .into_bytes()
+}
+
+/// A plain POST to `/` with `fields` and `body`.
+fn post(fields: &str, body: &str) -> Vec<u8> {
+    format!("POST / HTTP/1.1\r\nHost: example.com\r\n{fields}\r\n{body}").into_bytes()
+}
+
+/// `len` bytes from a fixed-seed generator (the same bytes every run).
+fn random_bytes(len: usize, seed: u64) -> Vec<u8> {
+    let mut state = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    (0..len)
+        .map(|_| {
+            // xorshift64*
+            state ^= state >> 12;
+            state ^= state << 25;
+            state ^= state >> 27;
+            (state.wrapping_mul(0x2545_F491_4F6C_DD1D) >> 56) as u8
+        })
+        .collect()
+}
+
+/// The first flight of a TLS 1.3 client (RFC 8448 §3's ClientHello, its record header and
+/// the start of its body): what a client configured for `wss://` sends to a plain port.
+fn client_hello() -> Vec<u8> {
+    let mut hello = vec![
+        0x16, 0x03, 0x01, 0x00, 0xc4, 0x01, 0x00, 0x00, 0xc0, 0x03, 0x03,
+    ];
+    hello.extend(random_bytes(32, 3));
+    hello.extend([
+        0x00, 0x00, 0x06, 0x13, 0x01, 0x13, 0x03, 0x13, 0x02, 0x01, 0x00, 0x00, 0x91, 0x00, 0x00,
+        0x00, 0x0b, 0x00, 0x09, 0x00, 0x00, 0x06, b's', b'e', b'r', b'v', b'e', b'r',
+    ]);
+    hello
+}
+
+/// The catalogue's proxy: limits small enough to test, and a route that checks origins.
+const CATALOGUE_CONFIG: &str = r#"[limits]
+max_head_bytes = 16384
+max_headers = 100
+max_body_bytes = 1024
+
+[[routes]]
+listener = "public"
+path_prefix = "/app"
+allowed_origins = ["https://app.example.com", "https://*.example.com"]
+allow_missing_origin = false
+pool = "main"
+"#;
 
 /// Builds the standard upgrade with one of its lines replaced.
 trait Replace {
     fn replace_key(self, line: &str) -> Vec<u8>;
     fn replace_version(self, line: &str) -> Vec<u8>;
+    fn replace_head(self, from: &str, to: &str) -> Vec<u8>;
 }
 
 impl Replace for Vec<u8> {
+    fn replace_head(self, from: &str, to: &str) -> Vec<u8> {
+        String::from_utf8(self)
+            .unwrap()
+            .replacen(from, to, 1)
+            .into_bytes()
+    }
     fn replace_key(self, line: &str) -> Vec<u8> {
         String::from_utf8(upgrade_with(""))
             .unwrap()
@@ -115,10 +217,9 @@ impl Replace for Vec<u8> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_hostile_request_gets_its_answer_and_nothing_reaches_the_backend() {
     let backend = EchoBackend::spawn().await;
-    let extra = "[limits]\nmax_head_bytes = 16384\nmax_headers = 100\nmax_body_bytes = 1024\n";
-    let proxy = Proxy::start(&config(&[backend.addr()], "round_robin", extra)).await;
+    let proxy = Proxy::start(&config(&[backend.addr()], "round_robin", CATALOGUE_CONFIG)).await;
     let cases = catalogue();
-    assert!(cases.len() >= 40, "the catalogue has {} cases", cases.len());
+    assert!(cases.len() >= 70, "the catalogue has {} cases", cases.len());
     for (name, request, expected) in &cases {
         let response = if request.is_empty() {
             let client = RawClient::connect(proxy.addr()).await.unwrap();
@@ -154,20 +255,46 @@ async fn every_hostile_request_gets_its_answer_and_nothing_reaches_the_backend()
             assert_eq!(response.header("allow"), Some("GET"), "{name}");
         }
     }
+    // Half-sent heads, then a reset (SO_LINGER 0): nothing to answer, nothing forwarded.
+    let resets: [&[u8]; 3] = [
+        b"GET / HTTP/1.1\r\nHost: exa",
+        b"GET /app HTTP/1.1\r\nHost: example.com\r\nUpgrade: websocket\r\n",
+        b"GET / HTTP/1.1\r\nHost: example.com\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n",
+    ];
+    let abandoned_before = proxy.server().stats().abandoned();
+    for (i, bytes) in resets.iter().enumerate() {
+        let mut client = RawClient::connect(proxy.addr()).await.unwrap();
+        client.send(bytes).await.unwrap();
+        let stream = client.into_stream();
+        stream.set_zero_linger().unwrap();
+        drop(stream);
+        let settled = abandoned_before + i as u64 + 1;
+        let stats = proxy.server().stats();
+        assert!(
+            sluice_testkit::wait_until(SOON, || stats.abandoned() >= settled).await,
+            "reset case {i} was never settled"
+        );
+    }
     // Not one byte of any of them was forwarded.
     assert_eq!(backend.connections_accepted(), 0);
     assert_eq!(backend.bytes_received(), 0);
-    // And the proxy is healthy afterwards: a good upgrade goes through.
+    // And the proxy is healthy afterwards: a good upgrade goes through, on both routes.
     assert_eq!(
         head_status(proxy.addr(), &[&upgrade_with("")]).await,
         Some(101)
     );
-    let answered = cases.iter().filter(|c| c.2.is_some()).count() as u64;
+    let allowed = app_upgrade("Origin: https://chat.example.com\r\n");
+    assert_eq!(head_status(proxy.addr(), &[&allowed]).await, Some(101));
+    let answered = answered_count(&cases);
     assert_eq!(proxy.server().stats().rejected(), answered);
     assert_eq!(
         proxy.server().stats().abandoned(),
-        cases.len() as u64 - answered
+        cases.len() as u64 - answered + resets.len() as u64
     );
+}
+
+fn answered_count(cases: &[(&str, Vec<u8>, Option<u16>)]) -> u64 {
+    cases.iter().filter(|c| c.2.is_some()).count() as u64
 }
 
 #[tokio::test]
@@ -192,18 +319,33 @@ async fn a_slow_head_is_cut_at_the_deadline_with_408_however_long_it_trickles() 
 }
 
 #[tokio::test]
-async fn a_head_split_into_many_tiny_writes_still_upgrades() {
+async fn a_head_sent_one_byte_per_write_still_upgrades_and_routes() {
     let backend = EchoBackend::spawn().await;
-    let proxy = Proxy::start(&config(&[backend.addr()], "round_robin", "")).await;
-    let request = upgrade_with("X-Padding: some value\r\n");
-    let chunks: Vec<&[u8]> = request.chunks(3).collect();
+    let chat = EchoBackend::spawn().await;
+    // The head must be routed on its host, path and a header, all arriving byte by byte.
+    let extra = format!(
+        "[[routes]]\nlistener = \"public\"\nhost = \"chat.example.com\"\npath_prefix = \"/chat\"\n\
+         headers = [{{ name = \"X-Tenant\", value = \"blue\" }}]\n\
+         allowed_origins = [\"https://chat.example.com\"]\npool = \"chat\"\n\n\
+         [pools.chat]\nbackends = [\"{}\"]\n",
+        chat.addr()
+    );
+    let proxy = Proxy::start(&config(&[backend.addr()], "round_robin", &extra)).await;
+    let request = format!(
+        "GET /chat/room HTTP/1.1\r\nHost: chat.example.com\r\nX-Tenant: blue\r\n\
+         Origin: https://chat.example.com\r\nX-Padding: some value\r\n{UPGRADE}{KEY}{VERSION}\r\n"
+    )
+    .into_bytes();
+    let chunks: Vec<&[u8]> = request.chunks(1).collect();
     assert_eq!(head_status(proxy.addr(), &chunks).await, Some(101));
-    // The backend received the head byte for byte, plus the X-Forwarded-* fields.
-    let seen = &backend.requests()[0];
+    // The routed backend received the head byte for byte, plus the X-Forwarded-* fields.
+    assert_eq!(backend.connections_accepted(), 0);
+    let seen = &chat.requests()[0];
     assert_eq!(seen.header("x-padding"), Some("some value"));
+    assert_eq!(seen.header("origin"), Some("https://chat.example.com"));
     assert_eq!(seen.header("x-forwarded-for"), Some("127.0.0.1"));
     assert_eq!(seen.header("x-forwarded-proto"), Some("http"));
-    assert_eq!(seen.header("x-forwarded-host"), Some("example.com"));
+    assert_eq!(seen.header("x-forwarded-host"), Some("chat.example.com"));
 }
 
 #[tokio::test]

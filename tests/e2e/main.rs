@@ -13,6 +13,7 @@ mod hostile;
 mod http;
 mod l4;
 mod limits;
+mod origin;
 mod relay;
 mod reload;
 mod routing;

@@ -31,6 +31,13 @@ pub const LISTENER_MAX_CONNECTIONS: Option<usize> = None;
 /// is 16 bytes plus addresses and TLVs (cloud load balancers add a few dozen bytes of TLVs).
 pub const PROXY_HEADER_MAX_BYTES: usize = 4096;
 
+// [[routes]]
+
+/// `allow_missing_origin`: requests without `Origin` pass a route's `allowed_origins`. Browsers
+/// always send `Origin` on a WebSocket handshake; clients that send none (apps, servers) are not
+/// what cross-site WebSocket hijacking is about.
+pub const ALLOW_MISSING_ORIGIN: bool = true;
+
 // [pools.NAME]
 
 /// `balance`.
@@ -299,7 +306,10 @@ mod tests {
     fn defaults_are_pinned() {
         assert_eq!(LISTENER_MODE, ListenerMode::Http);
         assert_eq!(UNKNOWN_HOST_STATUS, 404);
-        assert_eq!(UNKNOWN_HOST_STATUSES, [404, 421]);
+        assert_eq!(
+            (UNKNOWN_HOST_STATUSES, ALLOW_MISSING_ORIGIN),
+            ([404, 421], true)
+        );
 
         assert_eq!(BALANCE, Balance::RoundRobin);
         assert_eq!(CONNECT_ATTEMPTS, 3);

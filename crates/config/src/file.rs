@@ -19,6 +19,7 @@ use crate::model::{
     ListenerTls, PerSourceLimits, Pool, ProxyVersion, Relay, RelayMode, Route, SniRoute,
     TcpKeepalive, Timeouts,
 };
+use crate::origin::{self, OriginPolicy};
 use crate::read::{Item, Keys, Reader, Table, Value, checked, did_you_mean, quoted_list};
 
 const ROOT: Keys = Keys {
@@ -102,11 +103,10 @@ const ROUTE: Keys = Keys {
         "path_exact",
         "headers",
         "pool",
-    ],
-    later: &[(
         "allowed_origins",
-        "Origin allow-lists come in a later release",
-    )],
+        "allow_missing_origin",
+    ],
+    later: &[],
 };
 
 const HEADER: Keys = Keys {
@@ -855,13 +855,52 @@ fn route(
         .require(r, "pool", "the name of a pool")
         .and_then(|item| reference(r, &item, "pool", pools));
 
+    let origins = origin_policy(r, &t);
+
     Some(Route {
         listener: listener?,
         host: host?,
         path: path?,
         headers: headers?,
         pool: pool?,
+        origins: origins?,
     })
+}
+
+/// `allowed_origins` and `allow_missing_origin`: `None` inside when the route has no
+/// allow-list (then the switch alone is an error: it would do nothing).
+fn origin_policy(r: &mut Reader<'_>, t: &Table<'_, '_>) -> Option<Option<OriginPolicy>> {
+    let allow_missing = t.optional(
+        "allow_missing_origin",
+        defaults::ALLOW_MISSING_ORIGIN,
+        |item| item.bool(r),
+    );
+    let Some(list) = t.get("allowed_origins") else {
+        if let Some(item) = t.get("allow_missing_origin") {
+            r.report(
+                &item,
+                "allow_missing_origin applies only with allowed_origins; add \
+                 allowed_origins = [\"https://app.example.com\"] or remove this key",
+            );
+            return None;
+        }
+        return Some(None);
+    };
+    let allowed = list
+        .array(
+            r,
+            "an array of origins, such as [\"https://app.example.com\", \"https://*.example.com\"]",
+        )
+        .and_then(|items| {
+            collect(items.into_iter().map(|item| {
+                item.str(r)
+                    .and_then(|text| checked(r, &item, origin::pattern(text)))
+            }))
+        });
+    Some(Some(OriginPolicy {
+        allowed: allowed?,
+        allow_missing: allow_missing?,
+    }))
 }
 
 /// A string naming one of `declared` (anything when `declared` is unknown).

@@ -30,6 +30,7 @@ mod file;
 mod health;
 mod matchers;
 pub mod model;
+mod origin;
 mod read;
 mod summary;
 #[cfg(test)]
@@ -40,6 +41,7 @@ use std::path::Path;
 
 pub use error::{ConfigError, ConfigErrors};
 pub use model::*;
+pub use origin::{OriginPattern, OriginPolicy, OriginScheme};
 
 /// Reads and parses the file at `path`. Messages name the file as `path` was given.
 ///

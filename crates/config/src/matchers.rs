@@ -59,7 +59,7 @@ fn wildcard_hint(text: &str) -> String {
 }
 
 /// Checks a DNS name (or IPv4 literal) and lowercases it. `whole` is what the user wrote.
-fn dns_name(name: &str, whole: &str) -> Result<String, String> {
+pub(crate) fn dns_name(name: &str, whole: &str) -> Result<String, String> {
     if let Some((host, port)) = name.rsplit_once(':') {
         if !host.contains(':') && !port.is_empty() && port.bytes().all(|b| b.is_ascii_digit()) {
             return Err(format!(

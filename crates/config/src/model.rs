@@ -9,6 +9,8 @@ use std::time::Duration;
 
 use ipnet::IpNet;
 
+use crate::origin::OriginPolicy;
+
 /// A whole, valid sluice configuration.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Config {
@@ -165,6 +167,9 @@ pub struct Route {
     pub path: Option<PathMatch>,
     pub headers: Vec<HeaderMatch>,
     pub pool: String,
+    /// `allowed_origins` and `allow_missing_origin`: the `Origin` check of the requests this
+    /// route matches (refused with 403). `None`: no check.
+    pub origins: Option<OriginPolicy>,
 }
 
 /// How a route matches the request's `Host` (port stripped, compared case-insensitively).

@@ -79,6 +79,7 @@ fn a_minimal_file_parses_with_defaults() {
                 path: None,
                 headers: vec![],
                 pool: "main".into(),
+                origins: None,
             }],
             pools: vec![Pool {
                 name: "main".into(),
@@ -259,6 +260,7 @@ buffer_size = 1024
                 },
             ],
             pool: "chat".into(),
+            origins: None,
         }
     );
     assert_eq!(
@@ -525,7 +527,7 @@ fn unknown_keys_are_reported_everywhere() {
     );
     assert_eq!(
         error(&BASE.replace("pool = \"main\"", "pool = \"main\"\n\"odd key\" = 1")),
-        "t.toml:8:1: routes[0].\"odd key\": unknown key; expected one of \"listener\", \"host\", \"path_prefix\", \"path_exact\", \"headers\", \"pool\""
+        "t.toml:8:1: routes[0].\"odd key\": unknown key; expected one of \"listener\", \"host\", \"path_prefix\", \"path_exact\", \"headers\", \"pool\", \"allowed_origins\", \"allow_missing_origin\""
     );
 }
 
@@ -1582,6 +1584,80 @@ backends = ["127.0.0.1:9001"]
     assert_eq!(
         error(&BASE.replace("listen = ", "mode = \"tcp\"\npool = \"main\"\nlisten = ")),
         "t.toml:8:12: routes[0].listener: routes apply to http listeners only; \"public\" is a tcp listener, routed by its pool"
+    );
+}
+
+#[test]
+fn route_origin_allow_list_is_parsed_and_normalised() {
+    let config = ok(&BASE.replace(
+        "pool = \"main\"",
+        "pool = \"main\"\nallowed_origins = [\"https://App.Example.com\", \"https://*.example.com\", \"http://localhost:3000\", \"null\"]",
+    ));
+    assert_eq!(
+        config.routes[0].origins,
+        Some(OriginPolicy {
+            allowed: vec![
+                OriginPattern::Exact {
+                    scheme: OriginScheme::Https,
+                    host: "app.example.com".into(),
+                    port: 443,
+                },
+                OriginPattern::Wildcard {
+                    scheme: OriginScheme::Https,
+                    suffix: ".example.com".into(),
+                    port: 443,
+                },
+                OriginPattern::Exact {
+                    scheme: OriginScheme::Http,
+                    host: "localhost".into(),
+                    port: 3000,
+                },
+                OriginPattern::Null,
+            ],
+            allow_missing: true,
+        })
+    );
+    let strict = ok(&BASE.replace(
+        "pool = \"main\"",
+        "pool = \"main\"\nallowed_origins = []\nallow_missing_origin = false",
+    ));
+    assert_eq!(
+        strict.routes[0].origins,
+        Some(OriginPolicy {
+            allowed: vec![],
+            allow_missing: false,
+        })
+    );
+    assert_eq!(ok(BASE).routes[0].origins, None);
+}
+
+#[test]
+fn malformed_origin_patterns_are_reported_with_their_position() {
+    let errors = errors(&BASE.replace(
+        "pool = \"main\"",
+        "pool = \"main\"\nallowed_origins = [\"https://ok.example\", \"wss://a.example\", \"https://a.example/\", 3]",
+    ));
+    assert_eq!(
+        errors,
+        [
+            "t.toml:8:42: routes[0].allowed_origins[1]: invalid origin \"wss://a.example\": the scheme must be http or https (browsers send the page's origin, also for ws:// and wss:// connections); expected an origin such as \"https://app.example.com\", \"https://*.example.com\", \"http://localhost:3000\" or \"null\"",
+            "t.toml:8:61: routes[0].allowed_origins[2]: invalid origin \"https://a.example/\": an origin has no path, query or trailing slash; write \"https://a.example\"",
+            "t.toml:8:83: routes[0].allowed_origins[3]: expected a string, found integer 3",
+        ]
+    );
+    assert_eq!(
+        error(&BASE.replace(
+            "pool = \"main\"",
+            "pool = \"main\"\nallowed_origins = \"https://a.example\""
+        )),
+        "t.toml:8:19: routes[0].allowed_origins: expected an array of origins, such as [\"https://app.example.com\", \"https://*.example.com\"], found string \"https://a.example\""
+    );
+    assert_eq!(
+        error(&BASE.replace(
+            "pool = \"main\"",
+            "pool = \"main\"\nallow_missing_origin = false"
+        )),
+        "t.toml:8:24: routes[0].allow_missing_origin: allow_missing_origin applies only with allowed_origins; add allowed_origins = [\"https://app.example.com\"] or remove this key"
     );
 }
 

@@ -108,6 +108,10 @@ pub enum HandshakeError {
     /// No route of the listener serves the request's host (listener answers 421 for that).
     #[error("no route serves the requested host")]
     MisdirectedHost,
+    /// The matched route has an `Origin` allow-list and the request's `Origin` is not on it
+    /// (or is missing where the route requires one): cross-site WebSocket hijacking refused.
+    #[error("origin not allowed on this route")]
+    OriginNotAllowed,
 
     // ----- backend -----
     /// The pool has no backend that can take the connection (all down, draining, or none).
@@ -160,6 +164,10 @@ pub enum HandshakeError {
     /// or pool (a reload raced the handshake); the client may retry at once.
     #[error("listener or pool retired by a reload during the handshake")]
     ListenerGone,
+    /// sluice has no file descriptor left for the backend connection (EMFILE/ENFILE): a local
+    /// shortage, not the backend's fault (it is not counted against the backend's health).
+    #[error("no file descriptor left for a backend connection")]
+    DescriptorsExhausted,
     /// A route names a pool the router was not given an index for (a bug: config validation
     /// guarantees every route's pool exists).
     #[error("route names unknown pool {pool:?}")]
@@ -186,7 +194,8 @@ impl HandshakeError {
     /// | `TooManyFromSource` | 429 + `Retry-After` | RFC 6585 §4: the limit is the client's own |
     /// | `NoRoute` | 404 | |
     /// | `MisdirectedHost` | 421 | RFC 9110 §15.5.20, when the listener is configured so |
-    /// | `NoBackend`, `ListenerGone` | 503 + `Retry-After` | temporary |
+    /// | `OriginNotAllowed` | 403 | RFC 6455 §4.2.2 item 1 / §10.2: a refused origin gets 403 |
+    /// | `NoBackend`, `ListenerGone`, `DescriptorsExhausted` | 503 + `Retry-After` | temporary |
     /// | `BackendRefused`, `BackendTls`, `BadBackendResponse`, `BackendClosed`, `BackendIo`, `BackendTruncated` | 502 | RFC 9110 §15.6.3 |
     /// | `BackendConnectTimeout`, `BackendResponseTimeout`, `BackendBodyTimeout` | 504 | RFC 9110 §15.6.5 |
     /// | `UnknownPool` | 500 | a bug |
@@ -207,7 +216,8 @@ impl HandshakeError {
             TooManyFromSource { .. } => 429,
             NoRoute => 404,
             MisdirectedHost => 421,
-            NoBackend { .. } | ListenerGone => 503,
+            OriginNotAllowed => 403,
+            NoBackend { .. } | ListenerGone | DescriptorsExhausted => 503,
             BackendRefused { .. }
             | BackendTls { .. }
             | BadBackendResponse { .. }
@@ -246,6 +256,7 @@ impl HandshakeError {
             TooManyFromSource { .. } => "too_many_from_source",
             NoRoute => "no_route",
             MisdirectedHost => "misdirected_host",
+            OriginNotAllowed => "origin_not_allowed",
             NoBackend { .. } => "no_backend",
             BackendRefused { .. } => "backend_refused",
             BackendTls { .. } => "backend_tls",
@@ -257,6 +268,7 @@ impl HandshakeError {
             BackendTruncated { .. } => "backend_truncated",
             BackendBodyTimeout { .. } => "backend_body_timeout",
             ListenerGone => "listener_gone",
+            DescriptorsExhausted => "descriptors_exhausted",
             UnknownPool { .. } => "unknown_pool",
         }
     }
@@ -285,7 +297,8 @@ impl HandshakeError {
             | UnsupportedWebSocketVersion
             | TooManyFromSource { .. }
             | NoRoute
-            | MisdirectedHost => Side::Client,
+            | MisdirectedHost
+            | OriginNotAllowed => Side::Client,
             NoBackend { .. }
             | BackendRefused { .. }
             | BackendTls { .. }
@@ -296,7 +309,7 @@ impl HandshakeError {
             | BackendIo { .. }
             | BackendTruncated { .. }
             | BackendBodyTimeout { .. } => Side::Backend,
-            ListenerGone | UnknownPool { .. } => Side::Internal,
+            ListenerGone | UnknownPool { .. } | DescriptorsExhausted => Side::Internal,
         }
     }
 
@@ -341,6 +354,7 @@ impl HandshakeError {
             TooManyFromSource { .. } => "too many connections from your address",
             NoRoute => "no route for this request",
             MisdirectedHost => "this host is not served here",
+            OriginNotAllowed => "origin not allowed",
             NoBackend { .. } => "no backend available",
             BackendRefused { .. } | BackendTls { .. } => "backend connection failed",
             BackendConnectTimeout { .. } => "backend connection timed out",
@@ -351,6 +365,7 @@ impl HandshakeError {
             BackendTruncated { .. } => "backend response truncated",
             BackendBodyTimeout { .. } => "backend body timed out",
             ListenerGone => "configuration reloaded, retry",
+            DescriptorsExhausted => "server busy, retry",
             UnknownPool { .. } => "internal error",
         }
     }
@@ -394,6 +409,7 @@ pub fn error_response(err: &HandshakeError) -> Option<Vec<u8>> {
 fn reason_phrase(status: u16) -> &'static str {
     match status {
         400 => "Bad Request",
+        403 => "Forbidden",
         404 => "Not Found",
         405 => "Method Not Allowed",
         408 => "Request Timeout",
@@ -552,6 +568,12 @@ mod tests {
                 Some("HTTP/1.1 421 Misdirected Request"),
                 NONE,
             ),
+            (OriginNotAllowed, Some("HTTP/1.1 403 Forbidden"), NONE),
+            (
+                DescriptorsExhausted,
+                Some("HTTP/1.1 503 Service Unavailable"),
+                &["Retry-After: 5\r\n"],
+            ),
             (
                 NoBackend {
                     pool: "chat".into(),
@@ -634,8 +656,8 @@ mod tests {
             }
             BackendIo { .. } | ListenerGone | UnknownPool { .. } => true,
             BodyTimeout | BodyTooLarge { .. } | ClientStalled | UnsupportedTransferCoding => true,
-            BackendTruncated { .. } | BackendBodyTimeout { .. } => true,
-            TooManyFromSource { .. } => true,
+            BackendTruncated { .. } | BackendBodyTimeout { .. } | OriginNotAllowed => true,
+            DescriptorsExhausted | TooManyFromSource { .. } => true,
         }
     }
 
@@ -646,9 +668,9 @@ mod tests {
         let mut labels: Vec<_> = all.iter().map(|(e, _, _)| e.label()).collect();
         labels.sort_unstable();
         labels.dedup();
-        // 33 variants, 33 distinct labels.
-        assert_eq!(labels.len(), 33);
-        assert_eq!(all.len(), 33);
+        // 35 variants, 35 distinct labels.
+        assert_eq!(labels.len(), 35);
+        assert_eq!(all.len(), 35);
     }
 
     #[test]

@@ -10,11 +10,17 @@
 //! - headers: every one present (name case-insensitive); with a value, some field of that name
 //!   must equal it exactly (the field's surrounding whitespace is not part of its value).
 //!
+//! The first route that matches decides; then its `Origin` allow-list, if it has one
+//! ([`sluice_config::OriginPolicy::allows`]), passes the request or refuses it with
+//! [`HandshakeError::OriginNotAllowed`] (403): an origin is a policy of the route, not a
+//! matcher, so a refused origin never falls through to a later route. Plain requests are
+//! checked like upgrades (see `docs/security.md`).
+//!
 //! When nothing matches: [`HandshakeError::MisdirectedHost`] (421) if the listener asks for it
 //! and no route could ever serve this host (every route has a host matcher, none matches), else
 //! [`HandshakeError::NoRoute`] (404).
 
-use sluice_config::{HeaderMatch, HostMatch, PathMatch, Route};
+use sluice_config::{HeaderMatch, HostMatch, OriginPolicy, PathMatch, Route};
 
 use crate::error::HandshakeError;
 use crate::request::Request;
@@ -31,6 +37,7 @@ struct CompiledRoute {
     host: Option<HostMatch>,
     path: Option<PathMatch>,
     headers: Vec<HeaderMatch>,
+    origins: Option<OriginPolicy>,
     /// `Err(name)`: `pool_index` did not know the pool.
     pool: Result<usize, String>,
 }
@@ -50,6 +57,7 @@ impl Router {
                 host: route.host.clone(),
                 path: route.path.clone(),
                 headers: route.headers.clone(),
+                origins: route.origins.clone(),
                 pool: pool_index(&route.pool).ok_or_else(|| route.pool.clone()),
             })
             .collect();
@@ -59,7 +67,8 @@ impl Router {
         }
     }
 
-    /// The pool index of the first route matching `req`.
+    /// The pool index of the first route matching `req`, once that route's origin check (if
+    /// any) passed.
     pub fn route(&self, req: &Request) -> Result<usize, HandshakeError> {
         let host = req.host().map(|h| h.strip_suffix('.').unwrap_or(h));
         for route in &self.routes {
@@ -71,6 +80,13 @@ impl Router {
                 || !route.headers.iter().all(|m| header_matches(m, req))
             {
                 continue;
+            }
+            if route
+                .origins
+                .as_ref()
+                .is_some_and(|policy| !policy.allows(req.header_values("origin")))
+            {
+                return Err(HandshakeError::OriginNotAllowed);
             }
             return match &route.pool {
                 Ok(index) => Ok(*index),
@@ -143,6 +159,7 @@ mod tests {
             path,
             headers: Vec::new(),
             pool: pool.into(),
+            origins: None,
         }
     }
 
@@ -312,5 +329,38 @@ mod tests {
         let err = router.route(&req("h", "/", "")).expect_err("unknown pool");
         assert!(matches!(&err, HandshakeError::UnknownPool { pool } if pool == "nope"));
         assert_eq!(err.status(), Some(500));
+    }
+
+    #[test]
+    fn origin_check_is_the_matched_routes_and_never_falls_through() {
+        use sluice_config::{OriginPattern, OriginScheme};
+        let mut guarded = route(None, Some(PathMatch::Prefix("/app".into())), "a");
+        guarded.origins = Some(OriginPolicy {
+            allowed: vec![OriginPattern::Exact {
+                scheme: OriginScheme::Https,
+                host: "app.example".into(),
+                port: 443,
+            }],
+            allow_missing: false,
+        });
+        let routes = [guarded, route(None, None, "b")];
+        let router = Router::new(&routes, pools, 404);
+        let pick = |target: &str, extra: &str| {
+            router
+                .route(&req("h", target, extra))
+                .map_err(|e| e.label())
+        };
+        assert_eq!(pick("/app", "Origin: https://app.example\r\n"), Ok(0));
+        assert_eq!(
+            pick("/app", "Origin: https://evil.example\r\n"),
+            Err("origin_not_allowed")
+        );
+        assert_eq!(pick("/app", ""), Err("origin_not_allowed"));
+        // Another route without a check is not affected.
+        assert_eq!(pick("/other", "Origin: https://evil.example\r\n"), Ok(1));
+        let err = router
+            .route(&req("h", "/app", ""))
+            .expect_err("refused origin");
+        assert_eq!(err.status(), Some(403));
     }
 }

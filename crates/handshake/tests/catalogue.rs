@@ -355,3 +355,84 @@ proptest! {
         }
     }
 }
+
+/// A router with an Origin allow-list on `/chat` (pool 0) and a catch-all without (pool 1).
+fn origin_router() -> sluice_handshake::Router {
+    let config = sluice_config::parse(
+        r#"
+[[listeners]]
+name = "public"
+listen = "127.0.0.1:8080"
+
+[[routes]]
+listener = "public"
+path_prefix = "/chat"
+allowed_origins = ["https://chat.example.com", "https://*.example.org"]
+allow_missing_origin = false
+pool = "a"
+
+[[routes]]
+listener = "public"
+pool = "b"
+
+[pools.a]
+backends = ["127.0.0.1:9001"]
+
+[pools.b]
+backends = ["127.0.0.1:9002"]
+"#,
+        "t.toml",
+    )
+    .expect("valid config");
+    sluice_handshake::Router::new(
+        config.routes_for("public"),
+        |name| ["a", "b"].iter().position(|p| *p == name),
+        404,
+    )
+}
+
+/// Reads, parses and routes: the pool, or the status answered.
+async fn routed(router: &sluice_handshake::Router, mut io: Chunks) -> Result<usize, Outcome> {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let mut buf = BytesMut::new();
+    let result = async {
+        let len = read_request_head(&mut io, &mut buf, MAX_HEAD, deadline).await?;
+        let request = parse_request(buf.split_to(len).freeze(), MAX_HEADERS)?;
+        classify(&request)?;
+        router.route(&request)
+    }
+    .await;
+    result.map_err(|e| e.status().map_or(Outcome::Closed, Outcome::Status))
+}
+
+proptest! {
+    /// The Origin check decides the same however the head is split, never panics whatever the
+    /// field holds, and a wildcard matches one or more labels on its scheme and default port.
+    #[test]
+    fn origin_checks_are_split_invariant_and_match_wildcards(
+        label in "[a-z0-9]([a-z0-9-]{0,10}[a-z0-9])?(\\.[a-z0-9]{1,5}){0,2}",
+        port in prop::option::of(0u32..70_000),
+        junk in "[ -~]{0,40}",
+        cuts in proptest::collection::vec(0usize..300, 0..8),
+    ) {
+        let router = origin_router();
+        let head = |origin: &str| ws_head("GET /chat HTTP/1.1", &format!("Origin: {origin}\r\n")).into_bytes();
+        let port_text = port.map_or(String::new(), |p| format!(":{p}"));
+        let wildcard = head(&format!("https://{label}.example.org{port_text}"));
+        let whole = tokio_test::block_on(routed(&router, Chunks::new(vec![wildcard.clone()])));
+        let expected = if matches!(port, None | Some(443)) { Ok(0) } else { Err(Outcome::Status(403)) };
+        prop_assert_eq!(&whole, &expected);
+        let split = tokio_test::block_on(routed(&router, Chunks::split_at(&wildcard, &cuts)));
+        prop_assert_eq!(&split, &whole);
+        // The bare domain and a look-alike never match.
+        for origin in ["https://example.org".to_owned(), format!("https://{label}example.org")] {
+            let got = tokio_test::block_on(routed(&router, Chunks::new(vec![head(&origin)])));
+            prop_assert_eq!(got, Err(Outcome::Status(403)));
+        }
+        // Arbitrary printable values: refused or allowed, never a panic, the same when split.
+        let junk_head = head(junk.trim());
+        let whole = tokio_test::block_on(routed(&router, Chunks::new(vec![junk_head.clone()])));
+        let split = tokio_test::block_on(routed(&router, Chunks::split_at(&junk_head, &cuts)));
+        prop_assert_eq!(split, whole);
+    }
+}

@@ -79,6 +79,8 @@ catalogue! {
         "Client sources (addresses, IPv6 prefixes) tracked by limits.per_source now; at most limits.per_source.table_size.";
     ACCEPT_ERRORS = "sluice_accept_errors_total", Counter, None, ["listener"], None,
         "Errors returned by accept (descriptor exhaustion and others); each pauses the accept loop.";
+    CONNECTIONS_SHED = "sluice_connections_shed_total", Counter, None, ["listener"], None,
+        "Client connections refused because the process had no file descriptor left (EMFILE/ENFILE): accepted on a descriptor held in reserve, answered 503 on plain http listeners, and closed.";
     HANDSHAKES = "sluice_handshakes_total", Counter, None, ["listener", "outcome", "status"], None,
         "Handshakes by outcome (upgraded, rejected, backend_failed, abandoned, answered; relayed: a tcp or tls-passthrough connection handed to the relay; tls_failed, tls_timeout: a TLS handshake of a tls listener) and HTTP status sent (none when nothing was answered).";
     HANDSHAKE_DURATION = "sluice_handshake_duration_seconds", Histogram, Some(Unit::Seconds), ["listener"], Some(LATENCY_BUCKETS),
@@ -268,6 +270,7 @@ pub struct ListenerMetrics {
     refused: [Counter; Refused::ALL.len()],
     pub active: Gauge,
     pub accept_errors: Counter,
+    pub shed: Counter,
     pub upgraded: Counter,
     pub handshake_duration: Histogram,
 }
@@ -282,6 +285,7 @@ impl ListenerMetrics {
             }),
             active: gauge!(names::CONNECTIONS_ACTIVE, "listener" => l.clone()),
             accept_errors: counter!(names::ACCEPT_ERRORS, "listener" => l.clone()),
+            shed: counter!(names::CONNECTIONS_SHED, "listener" => l.clone()),
             upgraded: counter!(names::HANDSHAKES, "listener" => l.clone(), "outcome" => "upgraded", "status" => "101"),
             handshake_duration: histogram!(names::HANDSHAKE_DURATION, "listener" => l.clone()),
             listener: l,

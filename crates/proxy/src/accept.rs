@@ -7,6 +7,13 @@
 //! `max_connections`) are answered 503 without being read and closed at once, so the kernel's
 //! accept queue keeps draining and clients learn why. Both limits are counters taken here
 //! without a lock (a semaphore permit, an atomic add) and given back when the connection ends.
+//!
+//! Descriptor exhaustion would otherwise leave clients hanging in the kernel's queue (accept
+//! cannot take them without a descriptor). Each loop keeps one descriptor in reserve (an open
+//! `/dev/null`): on EMFILE/ENFILE it gives that one up, accepts the clients waiting (a bounded
+//! batch), answers each 503 (plain http listeners; others are just closed) and closes it, takes
+//! its reserve back, counts them (`sluice_connections_shed_total`) and pauses. The trick is
+//! libev's and Node's.
 
 use std::io;
 use std::net::SocketAddr;
@@ -30,6 +37,8 @@ use crate::{BindError, BoundListener, Shared, conn, l4};
 const BACKLOG: i32 = 4096;
 const BACKOFF_MIN: Duration = Duration::from_millis(10);
 const BACKOFF_MAX: Duration = Duration::from_secs(1);
+/// Clients refused per descriptor-exhaustion event at most, before the loop pauses.
+const SHED_BATCH: usize = 256;
 
 /// The answer to a client over the connection limit, written without reading its request.
 const OVER_LIMIT: &[u8] = b"HTTP/1.1 503 Service Unavailable\r\nContent-Type: text/plain\r\nContent-Length: 20\r\nRetry-After: 1\r\nConnection: close\r\n\r\nToo many connections";
@@ -98,6 +107,7 @@ pub(crate) async fn accept_loop(
     // The listener's live connections, for its own max_connections.
     let live = Arc::new(AtomicUsize::new(0));
     let mut backoff = BACKOFF_MIN;
+    let mut reserve = Reserve::new();
     loop {
         let accepted = tokio::select! {
             () = stop.cancelled() => break,
@@ -114,7 +124,14 @@ pub(crate) async fn accept_loop(
             Err(error) => {
                 shared.stats.count_accept_error();
                 metrics.accept_errors.increment(1);
-                warn!(listener = %name, %error, pause = ?backoff, "accept failed; pausing");
+                if crate::limits::is_descriptor_exhaustion(&error) {
+                    let answer = plain_http(&shared, &name).then_some(OVER_LIMIT);
+                    let shed = reserve.shed(&listener, answer).await;
+                    metrics.shed.increment(shed as u64);
+                    warn!(listener = %name, %error, shed, pause = ?backoff, "out of file descriptors: refusing new clients; pausing");
+                } else {
+                    warn!(listener = %name, %error, pause = ?backoff, "accept failed; pausing");
+                }
                 tokio::select! {
                     () = stop.cancelled() => break,
                     () = tokio::time::sleep(backoff) => {}
@@ -123,6 +140,50 @@ pub(crate) async fn accept_loop(
             }
         }
     }
+}
+
+/// One descriptor held back for refusing clients when there is none left (see the module doc).
+struct Reserve(Option<std::fs::File>);
+
+impl Reserve {
+    fn new() -> Self {
+        Reserve(std::fs::File::open("/dev/null").ok())
+    }
+
+    /// Frees the reserve, accepts and closes the clients already waiting (at most
+    /// [`SHED_BATCH`], never waiting for more), writing `answer` to each, and takes the
+    /// reserve back. Returns how many were refused.
+    async fn shed(&mut self, listener: &TcpListener, answer: Option<&[u8]>) -> usize {
+        self.0 = None;
+        let mut shed = 0;
+        while shed < SHED_BATCH {
+            let accepted = tokio::select! {
+                biased;
+                accepted = listener.accept() => accepted,
+                () = std::future::ready(()) => break,
+            };
+            let Ok((stream, _)) = accepted else {
+                break;
+            };
+            if let Some(answer) = answer {
+                // Best effort and never waiting: the socket is fresh, its send buffer empty.
+                let _ = stream.try_write(answer);
+            }
+            shed += 1;
+        }
+        *self = Reserve::new();
+        shed
+    }
+}
+
+/// Whether the listener called `name` is plain-text HTTP now (so a refused client can read a
+/// 503); TLS and L4 clients are just closed.
+fn plain_http(shared: &Shared, name: &str) -> bool {
+    shared
+        .snapshot
+        .load()
+        .listener(name)
+        .is_none_or(|l| l.config().mode == ListenerMode::Http && l.tls().is_none())
 }
 
 fn admit(
@@ -200,4 +261,41 @@ fn is_connection_error(error: &io::Error) -> bool {
             | io::ErrorKind::ConnectionRefused
             | io::ErrorKind::Interrupted
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use tokio::io::AsyncReadExt;
+
+    use super::*;
+
+    #[tokio::test]
+    async fn shedding_answers_the_waiting_clients_and_takes_the_reserve_back() {
+        let listener = bind("127.0.0.1:0".parse().expect("addr")).expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let mut clients = Vec::new();
+        for _ in 0..3 {
+            clients.push(TcpStream::connect(addr).await.expect("connect"));
+        }
+        let mut reserve = Reserve::new();
+        assert!(reserve.0.is_some());
+        // The kernel completes connections before accept: wait until all three are queued.
+        let mut shed = 0;
+        for _ in 0..500 {
+            shed += reserve.shed(&listener, Some(OVER_LIMIT)).await;
+            if shed == 3 {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        assert_eq!(shed, 3);
+        assert!(reserve.0.is_some(), "the reserve is taken back");
+        for mut client in clients {
+            let mut answer = Vec::new();
+            client.read_to_end(&mut answer).await.expect("read");
+            assert_eq!(answer, OVER_LIMIT);
+        }
+        // Nobody waiting: nothing shed, nothing waited for.
+        assert_eq!(reserve.shed(&listener, None).await, 0);
+    }
 }

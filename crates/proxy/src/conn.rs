@@ -438,6 +438,8 @@ pub(crate) async fn connect(
                     took: started.elapsed(),
                 });
             }
+            // A local shortage, not the backend's fault: no other backend would fare better.
+            Err(error @ HandshakeError::DescriptorsExhausted) => return Err(error),
             Err(error) => {
                 crate::health::connect_failed(
                     pool,

@@ -353,11 +353,13 @@ async fn exchange(
             stream = match pool::connect(&dial, addr, timeouts.connect).await {
                 Ok(stream) => stream,
                 Err(error) => {
-                    crate::health::connect_failed(
-                        pool,
-                        guard.backend(),
-                        pool::failure_reason(&error),
-                    );
+                    if !matches!(error, HandshakeError::DescriptorsExhausted) {
+                        crate::health::connect_failed(
+                            pool,
+                            guard.backend(),
+                            pool::failure_reason(&error),
+                        );
+                    }
                     return Err(error.into());
                 }
             };

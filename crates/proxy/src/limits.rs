@@ -1,6 +1,15 @@
-//! Limits derived from the process's resources.
+//! Limits derived from the process's resources, and how running out of them is recognised.
 
 use rustix::process::{Resource, getrlimit};
+
+/// Whether `error` says the process (EMFILE) or the system (ENFILE) has no file descriptor
+/// left: a local shortage, answered 503 and never blamed on a backend.
+pub(crate) fn is_descriptor_exhaustion(error: &std::io::Error) -> bool {
+    matches!(
+        rustix::io::Errno::from_io_error(error),
+        Some(rustix::io::Errno::MFILE | rustix::io::Errno::NFILE)
+    )
+}
 
 /// Descriptors kept aside for listeners, the admin listener, logs and the runtime.
 const RESERVED_FDS: usize = 64;
@@ -34,6 +43,17 @@ mod tests {
         assert_eq!(max_connections_for(20_000, 1024), 8944);
         // Never zero: a tiny limit still admits someone (and accept backs off on EMFILE).
         assert_eq!(max_connections_for(100, 1024), 1);
+    }
+
+    #[test]
+    fn descriptor_exhaustion_is_emfile_and_enfile_only() {
+        let os = |errno: rustix::io::Errno| std::io::Error::from_raw_os_error(errno.raw_os_error());
+        assert!(is_descriptor_exhaustion(&os(rustix::io::Errno::MFILE)));
+        assert!(is_descriptor_exhaustion(&os(rustix::io::Errno::NFILE)));
+        assert!(!is_descriptor_exhaustion(&os(
+            rustix::io::Errno::CONNREFUSED
+        )));
+        assert!(!is_descriptor_exhaustion(&std::io::Error::other("x")));
     }
 
     #[test]

@@ -112,6 +112,8 @@ impl IdlePool {
                         reused: false,
                     });
                 }
+                // A local shortage: no other backend would fare better.
+                Err(error @ HandshakeError::DescriptorsExhausted) => return Err(error),
                 Err(error) => {
                     // Passive checks count it like a refused upgrade's connect.
                     crate::health::connect_failed(pool, guard.backend(), failure_reason(&error));
@@ -220,6 +222,10 @@ pub(crate) async fn connect(
     };
     match connected {
         Ok(stream) => Ok(stream),
+        Err(ConnectError::Refused(source)) if crate::limits::is_descriptor_exhaustion(&source) => {
+            warn!(backend = %addr, error = %source, "no descriptor left to connect");
+            Err(HandshakeError::DescriptorsExhausted)
+        }
         Err(ConnectError::Refused(source)) => {
             warn!(backend = %addr, error = %source, "connect failed");
             Err(HandshakeError::BackendRefused {

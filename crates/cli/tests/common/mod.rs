@@ -225,7 +225,7 @@ impl Drop for Sluice {
 }
 
 /// The value of a string field of a flat JSON log line.
-fn json_field<'a>(line: &'a str, name: &str) -> Option<&'a str> {
+pub fn json_field<'a>(line: &'a str, name: &str) -> Option<&'a str> {
     let start = line.find(&format!("\"{name}\":\""))? + name.len() + 4;
     let rest = line.get(start..)?;
     rest.get(..rest.find('"')?)
