@@ -161,7 +161,8 @@ impl Server {
             .limits
             .max_connections
             .unwrap_or_else(|| derived_max_connections(config.relay.max_pipes));
-        let pipes = PipePool::new(config.relay.max_pipes, config.relay.pipe_size);
+        let pipes = PipePool::new(config.relay.max_pipes, config.relay.pipe_size)
+            .grow_to(config.relay.pipe_max_size);
         // The process-wide recorder; a second server in the same process shares it.
         if let Err(error) = sluice_metrics::Exporter::install() {
             warn!(%error, "metrics disabled");
