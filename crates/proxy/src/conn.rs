@@ -24,11 +24,12 @@ use sluice_metrics::{BackendMetrics, PoolMetrics};
 use sluice_splice::RelayOptions;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
-use tokio::sync::OwnedSemaphorePermit;
 use tokio::time::Instant;
 use tracing::{debug, warn};
 
 use crate::Shared;
+use crate::accept::Admission;
+use crate::client::{self, Addrs, Refusal};
 use crate::http::{self, UpgradeRequest};
 use crate::snapshot::{Snapshot, canonical};
 use crate::stream::ClientStream;
@@ -54,11 +55,11 @@ pub(crate) fn serve(
     listener: Arc<str>,
     tcp: TcpStream,
     peer: SocketAddr,
-    permit: OwnedSemaphorePermit,
+    admission: Admission,
 ) -> impl Future<Output = ()> {
     async move {
         // Held until the connection ends (named, so that the block captures it).
-        let _permit = permit;
+        let _admission = admission;
         let _live = shared.stats.connection();
         // The L7 act runs in its own boxed future, freed when it returns: the task then holds
         // only what the tunnel needs for as long as it lives. (An async fn keeps every local
@@ -71,11 +72,12 @@ pub(crate) fn serve(
             options,
             metrics,
             active,
+            source,
         }) = Box::pin(l7(&shared, &listener, tcp, peer)).await
         else {
             return;
         };
-        let _active = active;
+        let (_active, _source) = (active, source);
         tunnel(&shared, id, client, backend, guard, &options, metrics).await;
     }
 }
@@ -89,17 +91,47 @@ struct Ready {
     metrics: TunnelMetrics,
     /// The listener's active-connections gauge, held until the connection ends.
     active: Option<GaugeGuard>,
+    /// The client's place in its source's count, held until the connection ends.
+    source: Option<crate::sources::SourceGuard>,
 }
 
 /// The L7 act of one connection: TLS, the handshake (or plain HTTP until an upgrade), the
 /// backend's 101. `None` when the connection ended here (answered, rejected, stopped).
-async fn l7(shared: &Shared, listener: &str, tcp: TcpStream, peer: SocketAddr) -> Option<Ready> {
+async fn l7(
+    shared: &Arc<Shared>,
+    listener: &str,
+    mut tcp: TcpStream,
+    peer: SocketAddr,
+) -> Option<Ready> {
     let accepted_at = Instant::now();
     let snapshot = shared.snapshot.load_full();
     let listener_metrics = snapshot.listener(listener).map(|l| l.metrics().clone());
     let active = listener_metrics
         .as_ref()
         .map(|m| GaugeGuard::new(&m.active));
+    // The client: the PROXY header's source when the listener takes one; per-source limits.
+    let runtime = snapshot.listener(listener)?;
+    let is_tls = runtime.tls().is_some();
+    let client = client::admit(
+        shared,
+        snapshot.config(),
+        runtime,
+        &mut tcp,
+        peer,
+        accepted_at,
+    );
+    let (addrs, source) = match Box::pin(client).await {
+        Ok(client) => (client.addrs, client),
+        Err(Refusal::Close) => return None,
+        // A TLS client could read an answer only after a TLS handshake: the very work the
+        // limit saves. It is closed, like L4 clients.
+        Err(Refusal::TooMany { .. }) if is_tls => return None,
+        Err(Refusal::TooMany { retry_after }) => {
+            let error = HandshakeError::TooManyFromSource { retry_after };
+            Box::pin(reject(&mut ClientStream::Plain(tcp), &error)).await;
+            return None;
+        }
+    };
     // TLS termination first, within the handshake deadline, with this snapshot's certificates.
     let tls = snapshot
         .listener(listener)
@@ -142,7 +174,7 @@ async fn l7(shared: &Shared, listener: &str, tcp: TcpStream, peer: SocketAddr) -
     // long as its tunnel. Boxed, an idle tunnel's task holds only what the relay needs
     // (measured: 10.8 KiB of RSS per idle tunnel unboxed, 3.4 KiB boxed; docs/performance.md).
     let mut outcome = tokio::select! {
-        outcome = Box::pin(handshake(&snapshot, listener, &mut client, peer)) => outcome,
+        outcome = Box::pin(handshake(&snapshot, listener, &mut client, addrs)) => outcome,
         () = shared.stop_tunnels.cancelled() => return None,
     };
     let mut snapshot = snapshot;
@@ -150,7 +182,7 @@ async fn l7(shared: &Shared, listener: &str, tcp: TcpStream, peer: SocketAddr) -
         // Plain HTTP at L7, request by request, until the connection ends or upgrades.
         drop(snapshot);
         let upgrade = tokio::select! {
-            upgrade = Box::pin(http::serve(shared, listener, &mut client, peer, request, buf)) => upgrade,
+            upgrade = Box::pin(http::serve(shared, listener, &mut client, addrs, request, buf)) => upgrade,
             () = shared.stop_tunnels.cancelled() => return None,
         };
         let UpgradeRequest {
@@ -160,7 +192,7 @@ async fn l7(shared: &Shared, listener: &str, tcp: TcpStream, peer: SocketAddr) -
         } = upgrade?;
         snapshot = shared.snapshot.load_full();
         outcome = tokio::select! {
-            outcome = Box::pin(upgrade_request(&snapshot, listener, &mut client, peer, request, upgrade, early)) => outcome,
+            outcome = Box::pin(upgrade_request(&snapshot, listener, &mut client, addrs, request, upgrade, early)) => outcome,
             () = shared.stop_tunnels.cancelled() => return None,
         };
     }
@@ -227,6 +259,7 @@ async fn l7(shared: &Shared, listener: &str, tcp: TcpStream, peer: SocketAddr) -
         options: relay_options,
         metrics,
         active,
+        source: source.into_source(),
     })
 }
 
@@ -252,7 +285,7 @@ async fn handshake(
     snapshot: &Snapshot,
     listener: &str,
     client: &mut ClientStream,
-    peer: SocketAddr,
+    addrs: Addrs,
 ) -> Result<Handshake, HandshakeError> {
     let config = snapshot.config();
     let (timeouts, limits) = (config.timeouts, config.limits);
@@ -264,7 +297,7 @@ async fn handshake(
     let request = parse_request(buf.freeze(), limits.max_headers)?;
     match classify(&request)? {
         RequestKind::WebSocket(upgrade) => {
-            upgrade_request(snapshot, listener, client, peer, request, upgrade, early).await
+            upgrade_request(snapshot, listener, client, addrs, request, upgrade, early).await
         }
         RequestKind::Plain => Ok(Handshake::Plain {
             request,
@@ -279,7 +312,7 @@ async fn upgrade_request(
     snapshot: &Snapshot,
     listener: &str,
     client: &mut ClientStream,
-    peer: SocketAddr,
+    addrs: Addrs,
     request: Request,
     upgrade: WebSocketUpgrade,
     early: BytesMut,
@@ -295,8 +328,16 @@ async fn upgrade_request(
     let pool = snapshot
         .pool(pool_index)
         .ok_or(HandshakeError::ListenerGone)?;
-    let peer_ip = canonical(peer.ip());
+    let peer_ip = canonical(addrs.client.ip());
     let mut forwarded = Vec::with_capacity(request.head_bytes().len() + 128 + early.len());
+    // The pool's PROXY header goes first, before the head.
+    if let Some(version) = config
+        .pools
+        .get(pool_index)
+        .and_then(|p| p.send_proxy_protocol)
+    {
+        crate::proxy_protocol::write(version, addrs.client, addrs.local, &mut forwarded);
+    }
     write_forwarded_request(
         &request,
         &ClientInfo {
@@ -677,8 +718,9 @@ mod tests {
     /// An idle tunnel's memory is mostly its connection task: pin the size of the future
     /// `serve` returns, so that an L7 change cannot grow every idle tunnel unnoticed (a local
     /// kept across the tunnel's await, an async fn holding its arguments twice). Measured
-    /// 1,256 bytes (dev profile, x86_64); it was 2,048 with the L7 act inline, when massif
-    /// counted 3,266 bytes per connection task (docs/performance.md).
+    /// 1,344 bytes (dev profile, x86_64; 1,256 before the per-source guard and the listener's
+    /// slot joined it); it was 2,048 with the L7 act inline, when massif counted 3,266 bytes
+    /// per connection task (docs/performance.md).
     #[tokio::test]
     async fn serve_future_size_is_pinned() {
         let config = sluice_config::parse(
@@ -696,11 +738,12 @@ mod tests {
             .unwrap();
         let (_accepted, peer) = listener.accept().await.unwrap();
         let permit = Arc::clone(&shared.connections).try_acquire_owned().unwrap();
-        let serve = serve(Arc::clone(&shared), 1, Arc::from("a"), tcp, peer, permit);
+        let admission = crate::accept::Admission::for_tests(permit);
+        let serve = serve(Arc::clone(&shared), 1, Arc::from("a"), tcp, peer, admission);
         let size = std::mem::size_of_val(&serve);
         assert!(
-            size <= 1300,
-            "the connection future grew to {size} bytes (pinned at 1,300)"
+            size <= 1380,
+            "the connection future grew to {size} bytes (pinned at 1,380)"
         );
     }
 }

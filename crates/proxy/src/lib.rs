@@ -21,18 +21,22 @@
 
 mod accept;
 mod admin;
+mod client;
 mod conn;
 mod health;
 mod http;
 mod l4;
 mod limits;
 mod pool;
+mod proxy_protocol;
 mod reload;
 mod snapshot;
+mod sources;
 mod stats;
 mod status;
 mod stream;
 mod tunnels;
+mod upgrade;
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -53,7 +57,7 @@ use tracing::{info, warn};
 pub use limits::derived_max_connections;
 pub use reload::{ReloadError, ReloadStats};
 pub use snapshot::{ListenerRuntime, Snapshot, check_tls};
-pub use stats::{Stats, StatusClass};
+pub use stats::{Refused, Stats, StatusClass};
 
 use reload::Control;
 use tunnels::Tunnels;
@@ -107,6 +111,11 @@ impl BoundListener {
     pub fn local_addr(&self) -> std::io::Result<SocketAddr> {
         self.listener.local_addr()
     }
+
+    /// A second descriptor of the same listening socket.
+    pub(crate) fn try_clone_fd(&self) -> std::io::Result<std::os::fd::OwnedFd> {
+        std::os::fd::AsFd::as_fd(&self.listener).try_clone_to_owned()
+    }
 }
 
 /// State shared by the accept loops and every connection.
@@ -116,6 +125,8 @@ pub(crate) struct Shared {
     pub(crate) pipes: PipePool,
     pub(crate) connections: Arc<Semaphore>,
     pub(crate) max_connections: usize,
+    /// Per-source limits: live connections and new-connection buckets by client address.
+    pub(crate) sources: Arc<sources::Sources>,
     /// Cancelled when everything must end now (the shutdown deadline passed): tunnels still
     /// open and handshakes still in flight.
     pub(crate) stop_tunnels: CancellationToken,
@@ -132,6 +143,8 @@ pub(crate) struct Shared {
     pub(crate) control: tokio::sync::Mutex<Control>,
     /// Whether the server accepts new connections (false before `run` and from shutdown on).
     pub(crate) ready: AtomicBool,
+    /// Woken when `run` starts accepting.
+    pub(crate) started_accepting: tokio::sync::Notify,
     pub(crate) stats: Stats,
     pub(crate) reloads: ReloadStats,
     pub(crate) next_conn_id: AtomicU64,
@@ -145,6 +158,8 @@ pub(crate) struct Shared {
 pub(crate) struct AdminState {
     bound: Option<TcpListener>,
     addr: Option<SocketAddr>,
+    /// A second descriptor of the serving admin socket, for a successor (`upgrade.rs`).
+    socket: Option<std::os::fd::OwnedFd>,
     stop: Option<CancellationToken>,
 }
 
@@ -163,6 +178,11 @@ impl Server {
             .unwrap_or_else(|| derived_max_connections(config.relay.max_pipes));
         let pipes = PipePool::new(config.relay.max_pipes, config.relay.pipe_size)
             .grow_to(config.relay.pipe_max_size);
+        let sources = Arc::new(sources::Sources::new(
+            config.per_source.table_size,
+            config.per_source.ipv4_prefix,
+            config.per_source.ipv6_prefix,
+        ));
         // The process-wide recorder; a second server in the same process shares it.
         if let Err(error) = sluice_metrics::Exporter::install() {
             warn!(%error, "metrics disabled");
@@ -178,6 +198,7 @@ impl Server {
                 pipes,
                 connections: Arc::new(Semaphore::new(max_connections)),
                 max_connections,
+                sources,
                 stop_tunnels: CancellationToken::new(),
                 tunnels: Tunnels::default(),
                 closing: CancellationToken::new(),
@@ -185,6 +206,7 @@ impl Server {
                 tasks: TaskTracker::new(),
                 control: tokio::sync::Mutex::new(Control::default()),
                 ready: AtomicBool::new(false),
+                started_accepting: tokio::sync::Notify::new(),
                 stats: Stats::default(),
                 reloads: ReloadStats::default(),
                 next_conn_id: AtomicU64::new(1),
@@ -196,16 +218,29 @@ impl Server {
 
     /// Binds every configured listener, in configuration order, and the admin listener.
     pub async fn bind(&self) -> Result<Vec<BoundListener>, ProxyError> {
+        self.bind_with(|_, _| None)
+    }
+
+    /// [`Server::bind`], taking a listener's socket from `inherited(name, configured address)`
+    /// when it has one (a socket handed over by a predecessor) and binding it otherwise.
+    pub(crate) fn bind_with(
+        &self,
+        mut inherited: impl FnMut(&str, SocketAddr) -> Option<TcpListener>,
+    ) -> Result<Vec<BoundListener>, ProxyError> {
         let snapshot = self.shared.snapshot.load_full();
         if !snapshot.tls_errors().is_empty() {
             return Err(ProxyError::Tls(snapshot.tls_errors().to_vec()));
         }
+        let mut bind = |name: &str, addr: SocketAddr| match inherited(name, addr) {
+            Some(listener) => Ok(BoundListener::new(name, listener)),
+            None => accept::bind_named(name, addr),
+        };
         let mut bound = Vec::with_capacity(snapshot.config().listeners.len());
         for listener in &snapshot.config().listeners {
-            bound.push(accept::bind_listener(listener)?);
+            bound.push(bind(&listener.name, listener.listen)?);
         }
         if let Some(admin) = &snapshot.config().admin {
-            let listener = accept::bind_named("admin", admin.listen)?;
+            let listener = bind("admin", admin.listen)?;
             let mut state = self.admin_state();
             state.addr = listener.local_addr().ok();
             state.bound = Some(listener.listener);
@@ -238,6 +273,7 @@ impl Server {
             idle,
         );
         sluice_metrics::global::ready(self.is_ready());
+        sluice_metrics::global::source_table_entries(self.source_table_len());
         let snapshot = self.snapshot();
         for (pool, _, backends) in snapshot.pools_with_metrics() {
             for (backend, metrics) in pool.backends().iter().zip(backends) {
@@ -270,6 +306,12 @@ impl Server {
         self.shared.max_connections
     }
 
+    /// Client sources tracked by the per-source limits now (at most
+    /// `limits.per_source.table_size`).
+    pub fn source_table_len(&self) -> usize {
+        self.shared.sources.len()
+    }
+
     /// Pipes held by tunnels, and idle in the pool.
     pub fn pipes(&self) -> (usize, usize) {
         (self.shared.pipes.in_use(), self.shared.pipes.idle())
@@ -293,6 +335,11 @@ impl Server {
     /// Counters of configuration reloads.
     pub fn reloads(&self) -> &ReloadStats {
         &self.shared.reloads
+    }
+
+    /// Active health checkers now: one per backend of the live configuration's checked pools.
+    pub async fn health_checkers(&self) -> usize {
+        self.shared.control.lock().await.health.len()
     }
 
     /// The addresses the running listeners are bound to, by listener name.
@@ -326,9 +373,13 @@ impl Server {
             }
             health::snapshot_live(&mut control.health, None, &snapshot);
             self.shared.ready.store(true, Ordering::Relaxed);
+            self.shared.started_accepting.notify_waiters();
             sluice_metrics::global::ready(true);
             let mut admin = self.admin_state();
             if let Some(listener) = admin.bound.take() {
+                admin.socket = std::os::fd::AsFd::as_fd(&listener)
+                    .try_clone_to_owned()
+                    .ok();
                 let stop = CancellationToken::new();
                 let token = snapshot
                     .config()
