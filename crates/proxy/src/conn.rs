@@ -22,6 +22,7 @@ use sluice_handshake::{
 };
 use sluice_metrics::{BackendMetrics, PoolMetrics};
 use sluice_splice::RelayOptions;
+use sluice_tls::{BackendStream, Upstream};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::time::Instant;
@@ -85,7 +86,7 @@ pub(crate) fn serve(
 /// What the L7 act hands to the L4 act.
 struct Ready {
     client: ClientStream,
-    backend: TcpStream,
+    backend: BackendStream,
     guard: BackendGuard,
     options: RelayOptions,
     metrics: TunnelMetrics,
@@ -250,7 +251,7 @@ async fn l7(
             .handshake_duration
             .record(accepted_at.elapsed().as_secs_f64());
     }
-    sockets.apply(client.tcp(), &backend);
+    sockets.apply(client.tcp(), backend.tcp());
     let metrics = tunnel_metrics.unwrap_or_else(|| TunnelMetrics::unlisted(&guard));
     Some(Ready {
         client,
@@ -267,7 +268,7 @@ async fn l7(
 enum Handshake {
     /// The backend answered 101; both sides are ready for the relay.
     Upgraded {
-        backend: TcpStream,
+        backend: BackendStream,
         guard: BackendGuard,
         /// The router's index of the pool.
         pool: usize,
@@ -330,13 +331,14 @@ async fn upgrade_request(
         .ok_or(HandshakeError::ListenerGone)?;
     let peer_ip = canonical(addrs.client.ip());
     let mut forwarded = Vec::with_capacity(request.head_bytes().len() + 128 + early.len());
-    // The pool's PROXY header goes first, before the head.
+    // The pool's PROXY header opens the backend connection, before TLS and the head.
+    let mut preface = Vec::new();
     if let Some(version) = config
         .pools
         .get(pool_index)
         .and_then(|p| p.send_proxy_protocol)
     {
-        crate::proxy_protocol::write(version, addrs.client, addrs.local, &mut forwarded);
+        crate::proxy_protocol::write(version, addrs.client, addrs.local, &mut preface);
     }
     write_forwarded_request(
         &request,
@@ -366,7 +368,14 @@ async fn upgrade_request(
         guard,
         set_cookie,
         took,
-    } = connect(pool, affinity, timeouts.connect).await?;
+    } = connect(
+        pool,
+        snapshot.upstream(pool_index).map(AsRef::as_ref),
+        &preface,
+        affinity,
+        timeouts.connect,
+    )
+    .await?;
     if let Some(metrics) = snapshot.pool_metrics(pool_index) {
         metrics.connect_duration.record(took.as_secs_f64());
     }
@@ -441,7 +450,7 @@ async fn upgrade_request(
 
 /// A backend connection ready for the request.
 pub(crate) struct Connected {
-    pub(crate) stream: TcpStream,
+    pub(crate) stream: BackendStream,
     pub(crate) guard: BackendGuard,
     /// The affinity cookie to give the client, when the pool sets one.
     pub(crate) set_cookie: Option<Token>,
@@ -449,10 +458,13 @@ pub(crate) struct Connected {
     pub(crate) took: Duration,
 }
 
-/// Tries the pool's candidates in order until one accepts the TCP connection. Refusals and
-/// connect timeouts move on to the next candidate; the last failure is the answer.
+/// Tries the pool's candidates in order until one accepts the connection (TCP, `preface`,
+/// then TLS when the pool has `tls`). Refusals, connect timeouts and failed TLS handshakes
+/// move on to the next candidate; the last failure is the answer.
 pub(crate) async fn connect(
     pool: &Pool,
+    tls: Option<&Upstream>,
+    preface: &[u8],
     affinity: Affinity<'_>,
     timeout: Duration,
 ) -> Result<Connected, HandshakeError> {
@@ -461,13 +473,13 @@ pub(crate) async fn connect(
     while let Some(guard) = picker.next_backend() {
         let addr = guard.addr();
         let started = Instant::now();
-        match tokio::time::timeout(timeout, TcpStream::connect(addr)).await {
-            Ok(Ok(stream)) => {
-                let _ = stream.set_nodelay(true);
+        match crate::pool::connect(addr, tls, preface, timeout).await {
+            Ok(stream) => {
                 debug!(
                     backend = %addr,
                     pool = pool.name(),
                     placement = picker.placement().map_or("", |p| p.label()),
+                    tls = stream.is_tls(),
                     "connected"
                 );
                 return Ok(Connected {
@@ -477,18 +489,13 @@ pub(crate) async fn connect(
                     took: started.elapsed(),
                 });
             }
-            Ok(Err(source)) => {
-                warn!(backend = %addr, error = %source, "connect failed");
-                crate::health::connect_failed(pool, guard.backend(), "connect_refused");
-                last_error = Some(HandshakeError::BackendRefused {
-                    backend: addr,
-                    source,
-                });
-            }
-            Err(_) => {
-                warn!(backend = %addr, timeout = ?timeout, "connect timed out");
-                crate::health::connect_failed(pool, guard.backend(), "connect_timeout");
-                last_error = Some(HandshakeError::BackendConnectTimeout { backend: addr });
+            Err(error) => {
+                crate::health::connect_failed(
+                    pool,
+                    guard.backend(),
+                    crate::pool::failure_reason(&error),
+                );
+                last_error = Some(error);
             }
         }
     }
@@ -506,7 +513,7 @@ pub(crate) fn tunnel<'a>(
     shared: &'a Shared,
     id: u64,
     client: ClientStream,
-    backend: TcpStream,
+    backend: BackendStream,
     guard: BackendGuard,
     options: &'a RelayOptions,
     metrics: TunnelMetrics,
@@ -527,10 +534,11 @@ pub(crate) fn tunnel<'a>(
         // argument, once pinned), for as long as the tunnel lives.
         let report = {
             let mut stop = std::pin::pin!(registration.stopped());
-            // Plain sockets splice; a TLS-terminated client's bytes are decrypted in user space,
-            // so its tunnel copies.
-            match client {
-                ClientStream::Plain(client) => {
+            // Plain sockets splice; TLS on either side (terminated from the client, originated
+            // to the backend) means bytes encrypted or decrypted in user space, so the tunnel
+            // copies.
+            match (client, backend) {
+                (ClientStream::Plain(client), BackendStream::Plain(backend)) => {
                     sluice_splice::relay(
                         client,
                         backend,
@@ -541,7 +549,7 @@ pub(crate) fn tunnel<'a>(
                     )
                     .await
                 }
-                ClientStream::Tls(client) => {
+                (client, backend) => {
                     sluice_splice::relay_copy(
                         client,
                         backend,
@@ -599,7 +607,7 @@ async fn write_answer(client: &mut ClientStream, bytes: &[u8]) -> Result<(), Han
 /// bounded by `deadline`.
 async fn relay_answer(
     client: &mut ClientStream,
-    backend: &mut TcpStream,
+    backend: &mut BackendStream,
     head_and_more: &[u8],
     body_left: Option<u64>,
     deadline: Instant,
@@ -718,9 +726,9 @@ mod tests {
     /// An idle tunnel's memory is mostly its connection task: pin the size of the future
     /// `serve` returns, so that an L7 change cannot grow every idle tunnel unnoticed (a local
     /// kept across the tunnel's await, an async fn holding its arguments twice). Measured
-    /// 1,344 bytes (dev profile, x86_64; 1,256 before the per-source guard and the listener's
-    /// slot joined it); it was 2,048 with the L7 act inline, when massif counted 3,266 bytes
-    /// per connection task (docs/performance.md).
+    /// 1,424 bytes (dev profile, x86_64; 1,256 before the per-source guard, the listener's slot
+    /// and the backend stream that may be TLS joined it); it was 2,048 with the L7 act inline,
+    /// when massif counted 3,266 bytes per connection task (docs/performance.md).
     #[tokio::test]
     async fn serve_future_size_is_pinned() {
         let config = sluice_config::parse(
@@ -742,8 +750,8 @@ mod tests {
         let serve = serve(Arc::clone(&shared), 1, Arc::from("a"), tcp, peer, admission);
         let size = std::mem::size_of_val(&serve);
         assert!(
-            size <= 1380,
-            "the connection future grew to {size} bytes (pinned at 1,380)"
+            size <= 1460,
+            "the connection future grew to {size} bytes (pinned at 1,460)"
         );
     }
 }
