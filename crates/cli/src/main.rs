@@ -44,7 +44,8 @@ enum Command {
         /// Configuration file (TOML), read again on SIGHUP.
         #[arg(short, long, value_name = "FILE")]
         config: PathBuf,
-        /// Worker threads of the runtime (default: one per core).
+        /// Worker threads of the runtime (default: one per core). 1 runs everything on the
+        /// main thread (a current-thread runtime: no cross-thread wake-ups, no worker pool).
         #[arg(long, value_name = "N")]
         threads: Option<usize>,
         /// Write the process id to this file while running (removed on exit).
@@ -157,10 +158,17 @@ fn run(
             return Ok(ExitCode::from(EXIT_CONFIG));
         }
     };
-    let mut runtime = tokio::runtime::Builder::new_multi_thread();
-    if let Some(threads) = threads {
-        runtime.worker_threads(threads.max(1));
-    }
+    // One thread: a current-thread runtime, HAProxy's `nbthread 1` and nginx's single worker:
+    // tasks run on the main thread, no work-stealing scheduler, no cross-thread wake-ups.
+    let mut runtime = match threads {
+        Some(threads) if threads <= 1 => tokio::runtime::Builder::new_current_thread(),
+        Some(threads) => {
+            let mut runtime = tokio::runtime::Builder::new_multi_thread();
+            runtime.worker_threads(threads);
+            runtime
+        }
+        None => tokio::runtime::Builder::new_multi_thread(),
+    };
     let runtime = runtime
         .enable_all()
         .thread_name("sluice")

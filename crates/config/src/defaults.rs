@@ -223,6 +223,10 @@ pub const RELAY_MODE: RelayMode = RelayMode::Auto;
 /// `/proc/sys/fs/pipe-max-size` an unprivileged process may ask for.
 pub const PIPE_SIZE: usize = 64 * KIB;
 pub const PIPE_SIZE_RANGE: RangeInclusive<usize> = 4 * KIB..=MIB;
+/// `pipe_max_size`: what a bulk direction grows its pipe to; 1 MiB, the default
+/// `/proc/sys/fs/pipe-max-size`. At or below `pipe_size`, pipes never grow.
+pub const PIPE_MAX_SIZE: usize = MIB;
+pub const PIPE_MAX_SIZE_RANGE: RangeInclusive<usize> = 4 * KIB..=MIB;
 pub const MAX_PIPES: usize = 1024;
 pub const MAX_PIPES_RANGE: RangeInclusive<usize> = 0..=usize::MAX;
 pub const BUFFER_SIZE: usize = 16 * KIB;
@@ -288,6 +292,7 @@ impl Default for Relay {
         Relay {
             mode: RELAY_MODE,
             pipe_size: PIPE_SIZE,
+            pipe_max_size: PIPE_MAX_SIZE,
             max_pipes: MAX_PIPES,
             buffer_size: BUFFER_SIZE,
             tcp_keepalive: TCP_KEEPALIVE,
@@ -419,6 +424,7 @@ mod tests {
             Relay {
                 mode: RelayMode::Auto,
                 pipe_size: 65_536,
+                pipe_max_size: 1_048_576,
                 max_pipes: 1024,
                 buffer_size: 16_384,
                 tcp_keepalive: None,

@@ -174,6 +174,7 @@ const RELAY: Keys = Keys {
     known: &[
         "mode",
         "pipe_size",
+        "pipe_max_size",
         "max_pipes",
         "buffer_size",
         "tcp_keepalive",
@@ -1105,6 +1106,9 @@ fn relay(r: &mut Reader<'_>, item: Item<'_, '_>) -> Option<Relay> {
     let pipe_size = t.optional("pipe_size", defaults::PIPE_SIZE, |item| {
         item.int(r, defaults::PIPE_SIZE_RANGE)
     });
+    let pipe_max_size = t.optional("pipe_max_size", defaults::PIPE_MAX_SIZE, |item| {
+        item.int(r, defaults::PIPE_MAX_SIZE_RANGE)
+    });
     let max_pipes = t.optional("max_pipes", defaults::MAX_PIPES, |item| {
         item.int(r, defaults::MAX_PIPES_RANGE)
     });
@@ -1129,6 +1133,7 @@ fn relay(r: &mut Reader<'_>, item: Item<'_, '_>) -> Option<Relay> {
     Some(Relay {
         mode: mode?,
         pipe_size: pipe_size?,
+        pipe_max_size: pipe_max_size?,
         max_pipes: max_pipes?,
         buffer_size: buffer_size?,
         tcp_keepalive: tcp_keepalive?,

@@ -681,6 +681,9 @@ pub struct Relay {
     pub mode: RelayMode,
     /// Capacity asked of each pipe (`F_SETPIPE_SZ`), in bytes.
     pub pipe_size: usize,
+    /// What a direction that keeps filling its pipe (bulk) may grow it to, in bytes; at or
+    /// below `pipe_size`, pipes never grow.
+    pub pipe_max_size: usize,
     /// Most pipes held at once, in the pool and in tunnels together; past it tunnels copy.
     pub max_pipes: usize,
     /// Buffer per direction of a copying tunnel, taken only while data moves.

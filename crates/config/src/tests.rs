@@ -226,6 +226,7 @@ max_connections = 0x10
 [relay]
 mode = "copy"
 pipe_size = 4096
+pipe_max_size = 8192
 max_pipes = 0
 buffer_size = 1024
 "#);
@@ -324,6 +325,7 @@ buffer_size = 1024
         Relay {
             mode: RelayMode::Copy,
             pipe_size: 4096,
+            pipe_max_size: 8192,
             max_pipes: 0,
             buffer_size: 1024,
             tcp_keepalive: None,
@@ -486,7 +488,7 @@ fn unknown_keys_are_reported_everywhere() {
     );
     assert_eq!(
         error(&base("[relay]\nfoo = 1\n")),
-        "t.toml:13:1: relay.foo: unknown key; expected one of \"mode\", \"pipe_size\", \"max_pipes\", \"buffer_size\", \"tcp_keepalive\", \"tcp_user_timeout\""
+        "t.toml:13:1: relay.foo: unknown key; expected one of \"mode\", \"pipe_size\", \"pipe_max_size\", \"max_pipes\", \"buffer_size\", \"tcp_keepalive\", \"tcp_user_timeout\""
     );
     assert_eq!(
         error(&base("[limits]\nmax_header_bytes = 1\n")),
@@ -1188,6 +1190,17 @@ fn relay_ranges() {
         relay("pipe_size = 4095"),
         Err(vec![
             "t.toml:13:13: relay.pipe_size: 4095 is out of range; expected 4096 to 1048576".into()
+        ])
+    );
+    assert_eq!(
+        relay("pipe_max_size = 65536").map(|r| r.pipe_max_size),
+        Ok(65536)
+    );
+    assert_eq!(
+        relay("pipe_max_size = 2097152"),
+        Err(vec![
+            "t.toml:13:17: relay.pipe_max_size: 2097152 is out of range; expected 4096 to 1048576"
+                .into()
         ])
     );
     assert_eq!(relay("max_pipes = 0").map(|r| r.max_pipes), Ok(0));

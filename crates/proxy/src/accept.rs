@@ -51,6 +51,18 @@ pub(crate) struct Admission {
     _listener: ListenerSlot,
 }
 
+#[cfg(test)]
+impl Admission {
+    /// An admission under the global limit and a listener count of its own, for tests that
+    /// build a connection by hand.
+    pub(crate) fn for_tests(global: OwnedSemaphorePermit) -> Self {
+        Self {
+            _global: global,
+            _listener: ListenerSlot(Arc::new(AtomicUsize::new(1))),
+        }
+    }
+}
+
 /// One connection counted against its listener's `max_connections`.
 #[derive(Debug)]
 struct ListenerSlot(Arc<AtomicUsize>);

@@ -49,6 +49,14 @@ pub(crate) struct Client {
     _source: Option<SourceGuard>,
 }
 
+impl Client {
+    /// The client's place in its source's count alone, to hold until the connection ends
+    /// (what a tunnel keeps: its addresses are no longer needed).
+    pub(crate) fn into_source(self) -> Option<SourceGuard> {
+        self._source
+    }
+}
+
 /// Why the connection goes no further.
 #[derive(Debug)]
 pub(crate) enum Refusal {

@@ -183,7 +183,8 @@ impl Server {
             .limits
             .max_connections
             .unwrap_or_else(|| derived_max_connections(config.relay.max_pipes));
-        let pipes = PipePool::new(config.relay.max_pipes, config.relay.pipe_size);
+        let pipes = PipePool::new(config.relay.max_pipes, config.relay.pipe_size)
+            .grow_to(config.relay.pipe_max_size);
         let sources = Arc::new(sources::Sources::new(
             config.per_source.table_size,
             config.per_source.ipv4_prefix,

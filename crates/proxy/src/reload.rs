@@ -414,7 +414,7 @@ fn restart_only(running: &Config, new: &Config) -> Result<(), ReloadError> {
             new: admin(new),
         });
     }
-    let checks: [(&'static str, String, String); 6] = [
+    let checks: [(&'static str, String, String); 7] = [
         (
             "relay.max_pipes",
             running.relay.max_pipes.to_string(),
@@ -424,6 +424,11 @@ fn restart_only(running: &Config, new: &Config) -> Result<(), ReloadError> {
             "relay.pipe_size",
             running.relay.pipe_size.to_string(),
             new.relay.pipe_size.to_string(),
+        ),
+        (
+            "relay.pipe_max_size",
+            running.relay.pipe_max_size.to_string(),
+            new.relay.pipe_max_size.to_string(),
         ),
         (
             "limits.max_connections",

@@ -78,6 +78,8 @@ pub(crate) fn json(server: &Server, listeners: &HashMap<String, SocketAddr>) -> 
             "spliced_bytes": relay.spliced_bytes(),
             "copied_bytes": relay.copied_bytes(),
             "copy_fallbacks": relay.copy_fallbacks(),
+            "pipes_grown": relay.pipes_grown(),
+            "pipe_grow_refused": relay.pipe_grow_refused(),
             "pipes_in_use": pipes_in_use,
             "pipes_idle": pipes_idle,
         },

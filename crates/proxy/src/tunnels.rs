@@ -100,14 +100,16 @@ impl Drop for Registration<'_> {
 }
 
 impl Tunnels {
-    /// Registers tunnel `id` to `backend`, its bytes counted in `bytes`.
+    /// Registers tunnel `id` to `backend`, its bytes counted in `bytes`. Its stop signal is a
+    /// child of `parent` (the server's shutdown token), so a tunnel waits on one token, not two.
     pub(crate) fn register(
         &self,
         id: u64,
         backend: Arc<Backend>,
         bytes: Arc<Bytes>,
+        parent: &CancellationToken,
     ) -> Registration<'_> {
-        let stop = CancellationToken::new();
+        let stop = parent.child_token();
         self.shard(id).insert(
             id,
             Entry {
@@ -220,8 +222,8 @@ mod tests {
     fn registrations_come_and_go() {
         let tunnels = Tunnels::default();
         let b = backend(1);
-        let r1 = tunnels.register(1, Arc::clone(&b), counters());
-        let r2 = tunnels.register(2, Arc::clone(&b), counters());
+        let r1 = tunnels.register(1, Arc::clone(&b), counters(), &CancellationToken::new());
+        let r2 = tunnels.register(2, Arc::clone(&b), counters(), &CancellationToken::new());
         assert_eq!(tunnels.len(), 2);
         drop(r1);
         assert_eq!(tunnels.len(), 1);
@@ -261,7 +263,12 @@ mod tests {
         // Ids spread over shards and registered out of order: 3 is a's oldest, 40 its youngest.
         let regs: Vec<_> = [(40, &a), (3, &a), (17, &b), (21, &a), (5, &a)]
             .into_iter()
-            .map(|(id, be)| (id, tunnels.register(id, Arc::clone(be), counters())))
+            .map(|(id, be)| {
+                (
+                    id,
+                    tunnels.register(id, Arc::clone(be), counters(), &CancellationToken::new()),
+                )
+            })
             .collect();
         let start = Instant::now();
         let closed_at = Arc::new(Mutex::new(Vec::new()));

@@ -42,6 +42,9 @@ use crate::{RelayMode, Side};
 
 /// Reads a direction makes per poll before yielding to the rest of the task.
 pub(crate) const OPS_PER_POLL: u32 = 16;
+/// Consecutive splice reads that (nearly) filled the pipe before the direction asks to grow it:
+/// the source has more queued than the pipe takes, so a larger pipe saves syscalls.
+pub(crate) const FULL_FILLS_TO_GROW: u8 = 2;
 
 /// One direction of a tunnel, `from` its source side to the other.
 #[derive(Debug)]
@@ -59,6 +62,12 @@ pub(crate) struct Direction<'p> {
     pipe: Option<PooledPipe<'p>>,
     /// The pool refused a pipe during this burst: copy until the source runs dry.
     refused: bool,
+    /// Consecutive splice reads that filled at least three quarters of the pipe.
+    full_fills: u8,
+    /// Growing the pipe was tried and refused (budget or kernel) during this burst.
+    grow_refused: bool,
+    /// This direction has moved bulk through a grown pipe: ask the pool for a grown one first.
+    bulk: bool,
     /// Bytes were written since the last flush (matters for TLS writers, not TCP).
     need_flush: bool,
     read_eof: bool,
@@ -98,6 +107,9 @@ impl<'p> Direction<'p> {
             end: 0,
             pipe: None,
             refused: false,
+            full_fills: 0,
+            grow_refused: false,
+            bulk: false,
             need_flush: false,
             read_eof: false,
             done: false,
@@ -222,7 +234,26 @@ impl<'p> Direction<'p> {
             let from = self.from;
             let read = match self.pipe.as_mut() {
                 Some(pipe) => {
-                    poll_fill(cx, pipe, src, &mut self.delta).map_err(|e| read_error(from, e))
+                    // Empty here: the moment to grow it, if the last fills filled it.
+                    if self.full_fills >= FULL_FILLS_TO_GROW && !self.grow_refused {
+                        self.full_fills = 0;
+                        if pipe.grow() {
+                            self.bulk = true;
+                        } else {
+                            self.grow_refused = !pipe.is_grown();
+                        }
+                    }
+                    let filled =
+                        poll_fill(cx, pipe, src, &mut self.delta).map_err(|e| read_error(from, e));
+                    if let Poll::Ready(Ok(n)) = filled {
+                        let capacity = pipe.capacity();
+                        self.full_fills = if n >= capacity - capacity / 4 {
+                            self.full_fills.saturating_add(1)
+                        } else {
+                            0
+                        };
+                    }
+                    filled
                 }
                 None => self.poll_read_buf(cx, src),
             };
@@ -258,7 +289,7 @@ impl<'p> Direction<'p> {
     /// Borrows a pipe for this burst, or records the fallback to copying.
     #[cfg(target_os = "linux")]
     fn take_pipe(&mut self) {
-        match self.pool.and_then(PipePool::get) {
+        match self.pool.and_then(|pool| pool.get(self.bulk)) {
             Some(pipe) => {
                 // The buffer is empty here (written out before any read).
                 self.buf = None;
@@ -380,6 +411,8 @@ impl<'p> Direction<'p> {
         self.pipe = None;
         self.buf = None;
         self.refused = false;
+        self.full_fills = 0;
+        self.grow_refused = false;
         self.policy.on_dry();
         if self.need_flush {
             match Pin::new(dst).poll_flush(cx) {
@@ -518,6 +551,68 @@ mod tests {
         (a.unwrap(), b.unwrap().0)
     }
 
+    /// Polls the direction and a reader of its destination together until the reader has
+    /// `len` bytes; returns them.
+    async fn pump(
+        dir: &mut Direction<'_>,
+        src: &mut TcpStream,
+        dst: &mut TcpStream,
+        reader: &mut TcpStream,
+        len: usize,
+    ) -> Vec<u8> {
+        let mut got = vec![0u8; len];
+        let mut filled = 0;
+        let mut rest = std::pin::pin!(async {
+            while filled < got.len() {
+                filled += reader.read(&mut got[filled..]).await.unwrap();
+            }
+        });
+        poll_fn(|cx| {
+            assert!(dir.poll_tcp(cx, src, dst).is_pending());
+            rest.as_mut().poll(cx)
+        })
+        .await;
+        got
+    }
+
+    /// A direction whose splice reads fill its pipe grows it (or counts the kernel's refusal),
+    /// every byte still arrives in order, and the grown pipe goes back to the pool grown.
+    #[tokio::test]
+    async fn a_bulk_direction_grows_its_pipe() {
+        const BURST: usize = 512 * 1024;
+        let pool = PipePool::new(64, 64 * 1024).grow_to(1024 * 1024);
+        // Room for the whole burst in the source's receive queue, so every read finds more
+        // queued than a 64 KiB pipe takes.
+        let listener = tokio::net::TcpSocket::new_v4().unwrap();
+        listener.set_recv_buffer_size(4 * BURST as u32).unwrap();
+        listener.bind("127.0.0.1:0".parse().unwrap()).unwrap();
+        let listener = listener.listen(1).unwrap();
+        let connect = TcpStream::connect(listener.local_addr().unwrap());
+        let (writer, src) = tokio::join!(connect, listener.accept());
+        let (mut writer, mut src) = (writer.unwrap(), src.unwrap().0);
+        let (mut dst, mut reader) = tcp_pair().await;
+        let burst: Vec<u8> = (0..BURST).map(|i| (i % 251) as u8).collect();
+        writer.write_all(&burst).await.unwrap();
+        let mut peek = vec![0u8; BURST];
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while src.peek(&mut peek).await.unwrap() < BURST {
+            assert!(std::time::Instant::now() < deadline, "burst never queued");
+            tokio::task::yield_now().await;
+        }
+
+        let refused = STATS.pipe_grow_refused.load(Relaxed);
+        let mut dir = Direction::new(Side::Client, RelayMode::Splice, 4096, Some(&pool));
+        let got = pump(&mut dir, &mut src, &mut dst, &mut reader, BURST).await;
+        assert!(got == burst, "bytes reordered or lost");
+        drop(dir);
+        assert_eq!(pool.in_use(), 0);
+        if STATS.pipe_grow_refused.load(Relaxed) == refused {
+            assert_eq!(pool.grown(), 1, "the pipe grew and went back grown");
+        } else {
+            assert_eq!(pool.grown(), 0, "refused by the kernel: kept its size");
+        }
+    }
+
     /// Moves a burst through one direction, then checks that the dry direction holds nothing.
     #[tokio::test]
     async fn a_dry_direction_holds_no_pipe_and_no_buffer() {
@@ -529,19 +624,7 @@ mod tests {
             let burst = vec![7u8; 100_000];
             writer.write_all(&burst).await.unwrap();
 
-            let mut got = vec![0u8; burst.len()];
-            let mut filled = 0;
-            let mut rest = std::pin::pin!(async {
-                while filled < got.len() {
-                    filled += reader.read(&mut got[filled..]).await.unwrap();
-                }
-            });
-            // Poll the direction and the reader together until the reader has everything.
-            poll_fn(|cx| {
-                assert!(dir.poll_tcp(cx, &mut src, &mut dst).is_pending());
-                rest.as_mut().poll(cx)
-            })
-            .await;
+            let got = pump(&mut dir, &mut src, &mut dst, &mut reader, burst.len()).await;
             // One more poll: the source is empty, so the direction parks.
             poll_fn(|cx| {
                 let polled = dir.poll_tcp(cx, &mut src, &mut dst);

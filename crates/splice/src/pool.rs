@@ -11,6 +11,17 @@
 //! for a `Vec::pop`/`push`. It is taken once per burst of traffic (when a direction starts or
 //! stops splicing), never per chunk. Only when its own shard is empty does a thread look at the
 //! others, with `try_lock`.
+//!
+//! **Growing.** Pipes are made at `pipe_size` (64 KiB by default). A direction that keeps filling
+//! its pipe (bulk traffic) asks to grow it ([`PooledPipe::grow`]) to the pool's `max_pipe_size`
+//! (1 MiB by default): one `F_SETPIPE_SZ` on the empty pipe, after which each `splice(2)` moves
+//! up to 16 times more, with as many fewer syscalls and wake-ups. A grown pipe stays grown: it
+//! goes back to its own free list, and a direction that grew a pipe before asks for a grown one
+//! first, so bursts of a bulk tunnel cost no resize. Grown pipes are bounded: at most as many as
+//! half the pool's page budget (`max_pipes × pipe_size`) pays for at `max_pipe_size`
+//! (32 with the defaults). The kernel may refuse a resize (`fs.pipe-user-pages-soft` for an
+//! unprivileged user, `fs.pipe-max-size`): the pipe keeps its size, works as before, and
+//! [`crate::RelayStats::pipe_grow_refused`] counts it.
 
 use std::cell::Cell;
 use std::fmt;
@@ -23,6 +34,8 @@ use crate::sys::Pipe;
 
 /// Most free-list shards, whatever the machine.
 const MAX_SHARDS: usize = 64;
+/// The kernel's pipe size when none is asked (16 pages).
+const DEFAULT_PIPE_SIZE: usize = 64 * 1024;
 
 /// Pipes shared by all tunnels of a process: a capped pool, filled lazily, never shrunk.
 ///
@@ -30,11 +43,24 @@ const MAX_SHARDS: usize = 64;
 pub struct PipePool {
     max_pipes: usize,
     pipe_size: usize,
+    /// What a bulk direction may grow its pipe to; at most `pipe_size` (or 0): never grow.
+    max_pipe_size: usize,
+    /// Most grown pipes held at once (idle plus lent).
+    max_grown: usize,
     /// Pipes that exist: idle in a shard plus lent to a direction. Never above `max_pipes`.
     held: AtomicUsize,
+    /// Of `held`, the grown ones. Never above `max_grown`.
+    grown: AtomicUsize,
     /// Pipes lent to a direction right now.
     lent: AtomicUsize,
-    shards: Box<[Mutex<Vec<Pipe>>]>,
+    shards: Box<[Mutex<Free>]>,
+}
+
+/// One shard's idle pipes: at the pool's size, and grown.
+#[derive(Debug, Default)]
+struct Free {
+    base: Vec<Pipe>,
+    grown: Vec<Pipe>,
 }
 
 impl PipePool {
@@ -46,9 +72,32 @@ impl PipePool {
     /// (`fs.pipe-user-pages-soft`): past it the kernel refuses the size (the pipe keeps two
     /// pages, see [`crate::RelayStats::pipes_undersized`]). Run with `CAP_SYS_RESOURCE` or raise
     /// the sysctl when `max_pipes × pipe_size` exceeds it.
+    ///
+    /// Pipes never grow; see [`PipePool::grow_to`].
     pub fn new(max_pipes: usize, pipe_size: usize) -> Self {
         let threads = std::thread::available_parallelism().map_or(1, NonZeroUsize::get);
         Self::with_shards(max_pipes, pipe_size, threads.min(max_pipes))
+    }
+
+    /// Lets directions that keep filling their pipe grow it to `max_pipe_size` bytes
+    /// (`F_SETPIPE_SZ`; at most `fs.pipe-max-size` unless privileged). At most as many pipes
+    /// grow as half of `max_pipes × pipe_size` pays for at that size; a size no larger than
+    /// `pipe_size` means pipes never grow.
+    #[must_use]
+    pub fn grow_to(mut self, max_pipe_size: usize) -> Self {
+        let base = if self.pipe_size == 0 {
+            DEFAULT_PIPE_SIZE
+        } else {
+            self.pipe_size
+        };
+        if max_pipe_size > base {
+            self.max_pipe_size = max_pipe_size;
+            self.max_grown = self.max_pipes.saturating_mul(base) / 2 / max_pipe_size;
+        } else {
+            self.max_pipe_size = 0;
+            self.max_grown = 0;
+        }
+        self
     }
 
     fn with_shards(max_pipes: usize, pipe_size: usize, shards: usize) -> Self {
@@ -56,9 +105,12 @@ impl PipePool {
         Self {
             max_pipes,
             pipe_size,
+            max_pipe_size: 0,
+            max_grown: 0,
             held: AtomicUsize::new(0),
+            grown: AtomicUsize::new(0),
             lent: AtomicUsize::new(0),
-            shards: (0..shards).map(|_| Mutex::new(Vec::new())).collect(),
+            shards: (0..shards).map(|_| Mutex::new(Free::default())).collect(),
         }
     }
 
@@ -84,32 +136,53 @@ impl PipePool {
         self.max_pipes
     }
 
-    /// Lends an empty pipe: an idle one, or a new one while under the cap. `None` at the cap or
-    /// when the kernel refuses a new pipe (out of file descriptors); the caller copies instead.
-    pub(crate) fn get(&self) -> Option<PooledPipe<'_>> {
-        let pipe = self.pop_idle().or_else(|| self.create())?;
+    /// The size a bulk direction may grow its pipe to (0: pipes never grow).
+    pub fn max_pipe_size(&self) -> usize {
+        self.max_pipe_size
+    }
+
+    /// The cap on grown pipes held (idle plus in use).
+    pub fn max_grown(&self) -> usize {
+        self.max_grown
+    }
+
+    /// Grown pipes held right now (idle plus in use).
+    pub fn grown(&self) -> usize {
+        self.grown.load(Relaxed)
+    }
+
+    /// Lends an empty pipe: an idle one (a grown one first when `bulk`, one at the pool's size
+    /// first otherwise), or a new one while under the cap. `None` at the cap or when the kernel
+    /// refuses a new pipe (out of file descriptors); the caller copies instead.
+    pub(crate) fn get(&self, bulk: bool) -> Option<PooledPipe<'_>> {
+        let (pipe, grown) = match self.pop_idle(bulk) {
+            Some(idle) => idle,
+            None => (self.create()?, false),
+        };
         self.lent.fetch_add(1, Relaxed);
         Some(PooledPipe {
             pool: self,
             pipe: Some(pipe),
             len: 0,
+            grown,
         })
     }
 
-    fn pop_idle(&self) -> Option<Pipe> {
+    /// An idle pipe and whether it is grown.
+    fn pop_idle(&self, bulk: bool) -> Option<(Pipe, bool)> {
         if self.idle() == 0 {
             return None;
         }
         let home = shard_hint();
         let n = self.shards.len();
-        if let Some(pipe) = self.shard(home).pop() {
-            return Some(pipe);
+        if let Some(found) = self.shard(home).pop(bulk) {
+            return Some(found);
         }
         (1..n).find_map(|i| {
             self.shards
                 .get((home + i) % n)
                 .and_then(|shard| shard.try_lock().ok())
-                .and_then(|mut free| free.pop())
+                .and_then(|mut free| free.pop(bulk))
         })
     }
 
@@ -136,19 +209,28 @@ impl PipePool {
         }
     }
 
-    fn put(&self, pipe: Pipe) {
-        self.shard(shard_hint()).push(pipe);
+    fn put(&self, pipe: Pipe, grown: bool) {
+        let mut free = self.shard(shard_hint());
+        if grown {
+            free.grown.push(pipe);
+        } else {
+            free.base.push(pipe);
+        }
+        drop(free);
         self.lent.fetch_sub(1, Relaxed);
     }
 
-    fn discard(&self, pipe: Pipe) {
+    fn discard(&self, pipe: Pipe, grown: bool) {
         drop(pipe);
         STATS.pipes_discarded.fetch_add(1, Relaxed);
+        if grown {
+            self.grown.fetch_sub(1, Relaxed);
+        }
         self.held.fetch_sub(1, Relaxed);
         self.lent.fetch_sub(1, Relaxed);
     }
 
-    fn shard(&self, hint: usize) -> MutexGuard<'_, Vec<Pipe>> {
+    fn shard(&self, hint: usize) -> MutexGuard<'_, Free> {
         // `shards` is never empty; index modulo its length.
         let shard = &self.shards[hint % self.shards.len()];
         // Nothing panics while a shard is locked (push/pop only); if it ever did, the Vec is
@@ -162,6 +244,8 @@ impl fmt::Debug for PipePool {
         f.debug_struct("PipePool")
             .field("max_pipes", &self.max_pipes)
             .field("pipe_size", &self.pipe_size)
+            .field("max_pipe_size", &self.max_pipe_size)
+            .field("grown", &self.grown())
             .field("in_use", &self.in_use())
             .field("idle", &self.idle())
             .finish()
@@ -178,6 +262,8 @@ pub(crate) struct PooledPipe<'p> {
     pipe: Option<Pipe>,
     /// Bytes spliced in and not yet out: counted from the syscalls' return values.
     len: usize,
+    /// Grown past the pool's size (counted in the pool's `grown`).
+    grown: bool,
 }
 
 impl PooledPipe<'_> {
@@ -189,6 +275,65 @@ impl PooledPipe<'_> {
 
     pub(crate) fn is_empty(&self) -> bool {
         self.len == 0
+    }
+
+    /// Whether the pipe was grown past the pool's size.
+    pub(crate) fn is_grown(&self) -> bool {
+        self.grown
+    }
+
+    /// What the pipe can hold, in bytes.
+    pub(crate) fn capacity(&self) -> usize {
+        self.pipe.as_ref().map_or(0, Pipe::capacity)
+    }
+
+    /// Grows the (empty) pipe to the pool's `max_pipe_size`, within the pool's budget of grown
+    /// pipes. Whether it grew; refused by the kernel, it keeps its size (counted in
+    /// [`crate::RelayStats::pipe_grow_refused`]).
+    pub(crate) fn grow(&mut self) -> bool {
+        let pool = self.pool;
+        let Some(pipe) = self.pipe.as_mut() else {
+            return false;
+        };
+        if self.grown || self.len != 0 || pipe.capacity() >= pool.max_pipe_size {
+            return false;
+        }
+        let max = pool.max_grown;
+        if pool
+            .grown
+            .fetch_update(Relaxed, Relaxed, |n| (n < max).then_some(n + 1))
+            .is_err()
+        {
+            return false;
+        }
+        match pipe.resize(pool.max_pipe_size) {
+            Ok(_) => {
+                self.grown = true;
+                STATS.pipes_grown.fetch_add(1, Relaxed);
+                true
+            }
+            Err(error) => {
+                pool.grown.fetch_sub(1, Relaxed);
+                STATS.pipe_grow_refused.fetch_add(1, Relaxed);
+                warn_grow_refused_once(pool.max_pipe_size, pipe.capacity(), &error);
+                false
+            }
+        }
+    }
+}
+
+impl Free {
+    /// An idle pipe, from the list `bulk` prefers, else from the other one.
+    fn pop(&mut self, bulk: bool) -> Option<(Pipe, bool)> {
+        let (first, second) = if bulk {
+            (&mut self.grown, &mut self.base)
+        } else {
+            (&mut self.base, &mut self.grown)
+        };
+        if let Some(pipe) = first.pop() {
+            return Some((pipe, bulk));
+        }
+        second.pop().map(|pipe| (pipe, !bulk))
     }
 }
 
@@ -221,9 +366,9 @@ impl Drop for PooledPipe<'_> {
     fn drop(&mut self) {
         if let Some(pipe) = self.pipe.take() {
             if self.len == 0 {
-                self.pool.put(pipe);
+                self.pool.put(pipe, self.grown);
             } else {
-                self.pool.discard(pipe);
+                self.pool.discard(pipe, self.grown);
             }
         }
     }
@@ -243,6 +388,20 @@ fn shard_hint() -> usize {
         })
     })
     .unwrap_or(0)
+}
+
+fn warn_grow_refused_once(asked: usize, kept: usize, error: &std::io::Error) {
+    static WARNED: AtomicBool = AtomicBool::new(false);
+    if !WARNED.swap(true, Relaxed) {
+        tracing::warn!(
+            asked,
+            kept,
+            %error,
+            "the kernel refused to grow a pipe for a bulk tunnel (fs.pipe-user-pages-soft or \
+             fs.pipe-max-size); it keeps its size and splices with more syscalls: raise the \
+             sysctl, grant CAP_SYS_RESOURCE or lower relay.pipe_max_size"
+        );
+    }
 }
 
 fn warn_undersized_once(asked: usize, got: usize) {
@@ -265,13 +424,13 @@ mod tests {
     #[test]
     fn cap_bounds_pipes_held() {
         let pool = PipePool::new(2, 0);
-        let a = pool.get().unwrap();
-        let b = pool.get().unwrap();
-        assert!(pool.get().is_none());
+        let a = pool.get(false).unwrap();
+        let b = pool.get(false).unwrap();
+        assert!(pool.get(false).is_none());
         assert_eq!((pool.in_use(), pool.idle()), (2, 0));
         drop(a);
         assert_eq!((pool.in_use(), pool.idle()), (1, 1));
-        let c = pool.get().unwrap();
+        let c = pool.get(false).unwrap();
         assert_eq!((pool.in_use(), pool.idle()), (2, 0));
         drop((b, c));
         assert_eq!((pool.in_use(), pool.idle()), (0, 2));
@@ -280,7 +439,7 @@ mod tests {
     #[test]
     fn zero_cap_lends_nothing() {
         let pool = PipePool::new(0, 0);
-        assert!(pool.get().is_none());
+        assert!(pool.get(false).is_none());
         assert_eq!((pool.in_use(), pool.idle()), (0, 0));
     }
 
@@ -288,7 +447,7 @@ mod tests {
     fn empty_pipes_are_reused() {
         let pool = PipePool::new(4, 0);
         for _ in 0..10 {
-            let pipe = pool.get().unwrap();
+            let pipe = pool.get(false).unwrap();
             assert!(pipe.is_empty());
         }
         assert_eq!((pool.in_use(), pool.idle()), (0, 1));
@@ -305,7 +464,7 @@ mod tests {
 
         let pool = PipePool::new(1, 0);
         let discarded = STATS.pipes_discarded.load(Relaxed);
-        let mut pipe = pool.get().unwrap();
+        let mut pipe = pool.get(false).unwrap();
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
         while pipe.is_empty() {
             match pipe.fill_from(&reader) {
@@ -321,7 +480,51 @@ mod tests {
         assert_eq!((pool.in_use(), pool.idle()), (0, 0));
         assert!(STATS.pipes_discarded.load(Relaxed) > discarded);
         // The cap counts it no more: a fresh pipe can be made.
-        assert!(pool.get().is_some());
+        assert!(pool.get(false).is_some());
+    }
+
+    #[test]
+    fn growth_is_budgeted_and_grown_pipes_stay_grown() {
+        // 32 pipes of 64 KiB: half that budget pays for one pipe of 1 MiB.
+        let pool = PipePool::new(32, 64 * 1024).grow_to(1024 * 1024);
+        assert_eq!((pool.max_pipe_size(), pool.max_grown()), (1024 * 1024, 1));
+        let mut a = pool.get(false).unwrap();
+        let mut b = pool.get(false).unwrap();
+        let refused = STATS.pipe_grow_refused.load(Relaxed);
+        if !a.grow() {
+            // This user is past its pipe budget: the kernel said no, the pipe works as before.
+            assert!(STATS.pipe_grow_refused.load(Relaxed) > refused);
+            assert_eq!((a.is_grown(), pool.grown()), (false, 0));
+            return;
+        }
+        assert_eq!(
+            (a.is_grown(), a.capacity(), pool.grown()),
+            (true, 1024 * 1024, 1)
+        );
+        assert!(!a.grow(), "already grown");
+        assert!(!b.grow(), "over the budget of grown pipes");
+        assert_eq!((b.capacity(), pool.grown()), (64 * 1024, 1));
+        drop((a, b));
+        // Back in the pool, still grown: a bulk direction gets it first, others the small one.
+        let bulk = pool.get(true).unwrap();
+        assert_eq!((bulk.is_grown(), bulk.capacity()), (true, 1024 * 1024));
+        let chatty = pool.get(false).unwrap();
+        assert_eq!((chatty.is_grown(), chatty.capacity()), (false, 64 * 1024));
+        drop((bulk, chatty));
+        assert_eq!((pool.in_use(), pool.idle(), pool.grown()), (0, 2, 1));
+    }
+
+    #[test]
+    fn no_growth_without_a_larger_size_or_budget() {
+        assert_eq!(
+            PipePool::new(32, 1 << 20).grow_to(1 << 20).max_pipe_size(),
+            0
+        );
+        assert_eq!(PipePool::new(1024, 0).grow_to(1 << 20).max_grown(), 32);
+        // Two small pipes pay for no grown one.
+        let pool = PipePool::new(2, 64 * 1024).grow_to(1 << 20);
+        assert!(!pool.get(true).unwrap().grow());
+        assert_eq!(pool.grown(), 0);
     }
 
     #[test]
@@ -329,9 +532,9 @@ mod tests {
         // One pipe at most: the other thread can only succeed by finding the idle one, in its
         // own shard or (7 times in 8) in this thread's.
         let pool = PipePool::with_shards(1, 0, 8);
-        drop(pool.get().unwrap());
+        drop(pool.get(false).unwrap());
         std::thread::scope(|s| {
-            s.spawn(|| assert!(pool.get().is_some()));
+            s.spawn(|| assert!(pool.get(false).is_some()));
         });
         assert_eq!((pool.in_use(), pool.idle()), (0, 1));
     }

@@ -15,6 +15,8 @@ pub struct RelayStats {
     pub(crate) pipes_created: AtomicU64,
     pub(crate) pipes_discarded: AtomicU64,
     pub(crate) pipes_undersized: AtomicU64,
+    pub(crate) pipes_grown: AtomicU64,
+    pub(crate) pipe_grow_refused: AtomicU64,
     pub(crate) pipe_create_failures: AtomicU64,
     pub(crate) tunnels_closed: AtomicU64,
 }
@@ -27,6 +29,8 @@ pub(crate) static STATS: RelayStats = RelayStats {
     pipes_created: AtomicU64::new(0),
     pipes_discarded: AtomicU64::new(0),
     pipes_undersized: AtomicU64::new(0),
+    pipes_grown: AtomicU64::new(0),
+    pipe_grow_refused: AtomicU64::new(0),
     pipe_create_failures: AtomicU64::new(0),
     tunnels_closed: AtomicU64::new(0),
 };
@@ -68,6 +72,18 @@ impl RelayStats {
     /// budget `fs.pipe-user-pages-soft`, or `fs.pipe-max-size`).
     pub fn pipes_undersized(&self) -> u64 {
         self.pipes_undersized.load(Relaxed)
+    }
+
+    /// Pipes grown for a bulk direction (`F_SETPIPE_SZ` to the pool's `max_pipe_size`). A grown
+    /// pipe stays grown in the pool, so this counts resizes, not bursts.
+    pub fn pipes_grown(&self) -> u64 {
+        self.pipes_grown.load(Relaxed)
+    }
+
+    /// Times the kernel refused to grow a pipe (`fs.pipe-user-pages-soft` for an unprivileged
+    /// user, or `fs.pipe-max-size`); the pipe kept its size and the tunnel went on.
+    pub fn pipe_grow_refused(&self) -> u64 {
+        self.pipe_grow_refused.load(Relaxed)
     }
 
     /// Pipes the kernel refused to create at all (`EMFILE`, `ENFILE`, ...).

@@ -64,6 +64,15 @@ mod linux {
             self.capacity
         }
 
+        /// Asks the kernel to let the pipe hold `size` bytes (`F_SETPIPE_SZ`). On success the
+        /// pipe holds what the kernel granted (whole pages, a power of two of them); on an
+        /// error (`EPERM` past `fs.pipe-user-pages-soft` or over `fs.pipe-max-size` without
+        /// `CAP_SYS_RESOURCE`, `EBUSY` if the pipe holds more than `size`) it keeps its size.
+        pub(crate) fn resize(&mut self, size: usize) -> io::Result<usize> {
+            self.capacity = fcntl_setpipe_size(&self.write, size)?;
+            Ok(self.capacity)
+        }
+
         /// `splice(src → pipe)`: at most `max` bytes. `Ok(0)` is end of stream on `src`.
         ///
         /// `WouldBlock` means "socket empty" **only if the pipe was empty**; on a pipe holding
@@ -108,6 +117,10 @@ mod other {
         }
 
         pub(crate) fn capacity(&self) -> usize {
+            match self.never {}
+        }
+
+        pub(crate) fn resize(&mut self, _size: usize) -> io::Result<usize> {
             match self.never {}
         }
     }
@@ -155,6 +168,18 @@ mod tests {
         // An absurd size is refused (EPERM or EINVAL), never an error for the caller.
         let huge = Pipe::new(1 << 40).unwrap();
         assert!(huge.capacity() >= 4096);
+    }
+
+    #[test]
+    fn resize_grows_an_empty_pipe_or_keeps_its_size() {
+        let mut pipe = Pipe::new(0).unwrap();
+        let before = pipe.capacity();
+        match pipe.resize(1024 * 1024) {
+            Ok(granted) => assert_eq!((granted, pipe.capacity()), (1024 * 1024, 1024 * 1024)),
+            Err(_) => assert_eq!(pipe.capacity(), before),
+        }
+        // Shrinking an empty pipe back is always allowed.
+        assert_eq!(pipe.resize(before).unwrap(), before);
     }
 
     #[test]

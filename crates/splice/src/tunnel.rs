@@ -22,112 +22,121 @@ use crate::{CloseReason, RelayOptions, RelayReport, Side, Traffic};
 /// Runs both directions until the tunnel ends, and reports.
 ///
 /// `poll_dir` polls one direction with the right pair of streams (by [`Direction::from`]).
-pub(crate) async fn run<'p, S, F>(
+///
+/// Not an `async fn`: an async fn moves each argument into a second slot of its future when
+/// first polled (rust-lang/rust#62958), and the directions are most of a tunnel's size; an
+/// `async move` block uses what it captured in place.
+// An `async move` block on purpose (see above), not the `async fn` clippy suggests.
+#[allow(clippy::manual_async_fn)]
+pub(crate) fn run<'p, 'a, S, F>(
     mut c2b: Direction<'p>,
     mut b2c: Direction<'p>,
-    opts: &RelayOptions,
-    traffic: &Traffic,
+    opts: &'a RelayOptions,
+    traffic: &'a Traffic,
     stop: S,
     mut poll_dir: F,
-) -> RelayReport
+) -> impl Future<Output = RelayReport> + use<'p, 'a, S, F>
 where
     S: Future<Output = ()>,
     F: FnMut(&mut Direction<'p>, &mut Context<'_>) -> Poll<Result<(), RelayError>>,
 {
-    let started = Instant::now();
-    let timeout = opts.idle_timeout;
-    let mut stop = pin!(stop);
-    let mut idle = pin!(timeout.map(sleep));
-    let mut half_closed = pin!(None::<tokio::time::Sleep>);
-    let mut last_active = started;
-    let mut first_eof = None;
+    async move {
+        let started = Instant::now();
+        let timeout = opts.idle_timeout;
+        let mut stop = pin!(stop);
+        let mut idle = pin!(timeout.map(sleep));
+        // Boxed when armed (rarely, and once): an idle tunnel does not carry a second timer.
+        let mut half_closed: Option<std::pin::Pin<Box<tokio::time::Sleep>>> = None;
+        let mut last_active = started;
+        let mut first_eof = None;
 
-    let (closed_by, error) = poll_fn(|cx| {
-        if stop.as_mut().poll(cx).is_ready() {
-            return Poll::Ready((CloseReason::Stopped, None));
-        }
+        let (closed_by, error) = poll_fn(|cx| {
+            if stop.as_mut().poll(cx).is_ready() {
+                return Poll::Ready((CloseReason::Stopped, None));
+            }
 
-        let mut failed = None;
-        for dir in [&mut c2b, &mut b2c] {
-            if dir.is_done() {
-                continue;
-            }
-            if let Poll::Ready(Err(e)) = poll_dir(dir, cx) {
-                failed = Some(e);
-            }
-            if first_eof.is_none() && dir.read_eof() {
-                first_eof = Some(dir.from());
-            }
-            if failed.is_some() {
-                break;
-            }
-        }
-        let c2b_active = c2b.flush(&traffic.client_to_backend);
-        let b2c_active = b2c.flush(&traffic.backend_to_client);
-
-        if let Some(e) = failed {
-            let reason = CloseReason::Error {
-                side: e.side(),
-                kind: e.kind(),
-            };
-            return Poll::Ready((reason, Some(e)));
-        }
-        if c2b.is_done() && b2c.is_done() {
-            let reason = match first_eof.unwrap_or(Side::Client) {
-                Side::Client => CloseReason::Client,
-                Side::Backend => CloseReason::Backend,
-            };
-            return Poll::Ready((reason, None));
-        }
-
-        if let Some(limit) = opts.half_closed_timeout {
-            if half_closed.is_none() && (c2b.is_done() || b2c.is_done()) {
-                half_closed.set(Some(sleep(limit)));
-            }
-            if let Some(timer) = half_closed.as_mut().as_pin_mut() {
-                if timer.poll(cx).is_ready() {
-                    return Poll::Ready((CloseReason::HalfClosedTimeout, None));
+            let mut failed = None;
+            for dir in [&mut c2b, &mut b2c] {
+                if dir.is_done() {
+                    continue;
+                }
+                if let Poll::Ready(Err(e)) = poll_dir(dir, cx) {
+                    failed = Some(e);
+                }
+                if first_eof.is_none() && dir.read_eof() {
+                    first_eof = Some(dir.from());
+                }
+                if failed.is_some() {
+                    break;
                 }
             }
-        }
+            let c2b_active = c2b.flush(&traffic.client_to_backend);
+            let b2c_active = b2c.flush(&traffic.backend_to_client);
 
-        if let (Some(timeout), Some(mut timer)) = (timeout, idle.as_mut().as_pin_mut()) {
-            if c2b_active || b2c_active {
-                last_active = Instant::now();
-            }
-            while timer.as_mut().poll(cx).is_ready() {
-                let Some(deadline) = last_active.checked_add(timeout) else {
-                    break; // beyond the end of time: never idle
+            if let Some(e) = failed {
+                let reason = CloseReason::Error {
+                    side: e.side(),
+                    kind: e.kind(),
                 };
-                if deadline <= Instant::now() {
-                    return Poll::Ready((CloseReason::IdleTimeout, None));
-                }
-                timer.as_mut().reset(deadline);
+                return Poll::Ready((reason, Some(e)));
             }
-        }
-        Poll::Pending
-    })
-    .await;
+            if c2b.is_done() && b2c.is_done() {
+                let reason = match first_eof.unwrap_or(Side::Client) {
+                    Side::Client => CloseReason::Client,
+                    Side::Backend => CloseReason::Backend,
+                };
+                return Poll::Ready((reason, None));
+            }
 
-    STATS.tunnels_closed.fetch_add(1, Relaxed);
-    let report = RelayReport {
-        client_to_backend: c2b.spliced() + c2b.copied(),
-        backend_to_client: b2c.spliced() + b2c.copied(),
-        spliced_bytes: c2b.spliced() + b2c.spliced(),
-        copied_bytes: c2b.copied() + b2c.copied(),
-        closed_by,
-        duration: started.elapsed(),
-        error,
-    };
-    tracing::debug!(
-        closed_by = report.closed_by.label(),
-        client_to_backend = report.client_to_backend,
-        backend_to_client = report.backend_to_client,
-        spliced = report.spliced_bytes,
-        copied = report.copied_bytes,
-        duration_ms = report.duration.as_millis(),
-        error = report.error.as_ref().map(tracing::field::display),
-        "tunnel closed"
-    );
-    report
+            if let Some(limit) = opts.half_closed_timeout {
+                if half_closed.is_none() && (c2b.is_done() || b2c.is_done()) {
+                    half_closed = Some(Box::pin(sleep(limit)));
+                }
+                if let Some(timer) = half_closed.as_mut() {
+                    if timer.as_mut().poll(cx).is_ready() {
+                        return Poll::Ready((CloseReason::HalfClosedTimeout, None));
+                    }
+                }
+            }
+
+            if let (Some(timeout), Some(mut timer)) = (timeout, idle.as_mut().as_pin_mut()) {
+                if c2b_active || b2c_active {
+                    last_active = Instant::now();
+                }
+                while timer.as_mut().poll(cx).is_ready() {
+                    let Some(deadline) = last_active.checked_add(timeout) else {
+                        break; // beyond the end of time: never idle
+                    };
+                    if deadline <= Instant::now() {
+                        return Poll::Ready((CloseReason::IdleTimeout, None));
+                    }
+                    timer.as_mut().reset(deadline);
+                }
+            }
+            Poll::Pending
+        })
+        .await;
+
+        STATS.tunnels_closed.fetch_add(1, Relaxed);
+        let report = RelayReport {
+            client_to_backend: c2b.spliced() + c2b.copied(),
+            backend_to_client: b2c.spliced() + b2c.copied(),
+            spliced_bytes: c2b.spliced() + b2c.spliced(),
+            copied_bytes: c2b.copied() + b2c.copied(),
+            closed_by,
+            duration: started.elapsed(),
+            error,
+        };
+        tracing::debug!(
+            closed_by = report.closed_by.label(),
+            client_to_backend = report.client_to_backend,
+            backend_to_client = report.backend_to_client,
+            spliced = report.spliced_bytes,
+            copied = report.copied_bytes,
+            duration_ms = report.duration.as_millis(),
+            error = report.error.as_ref().map(tracing::field::display),
+            "tunnel closed"
+        );
+        report
+    }
 }
