@@ -10,6 +10,9 @@
 //! Signals of `run`: SIGHUP reloads the configuration file (all or nothing; an invalid file
 //! keeps the running configuration); SIGTERM/SIGINT shut down gracefully; a second one exits
 //! at once.
+//!
+//! Under a service manager that sets `NOTIFY_SOCKET` (systemd `Type=notify` or
+//! `Type=notify-reload`), `run` reports readiness, reloads and shutdown to it (`notify.rs`).
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -18,6 +21,10 @@ use anyhow::Context as _;
 use clap::{Parser, Subcommand, ValueEnum};
 use tokio::signal::unix::{SignalKind, signal};
 use tracing::{info, warn};
+
+mod notify;
+
+use notify::Notifier;
 
 /// Exit code for an invalid configuration (EX_USAGE, as the `check` contract promises).
 const EXIT_CONFIG: u8 = 64;
@@ -139,10 +146,15 @@ fn run(
         .context("cannot start the runtime")?;
     runtime.block_on(async {
         let server = sluice_proxy::Server::new(config);
+        let notifier = std::sync::Arc::new(Notifier::from_env());
         // Signal handlers first: a SIGHUP or SIGTERM that arrives once the listeners accept
         // (or once the pid file names this process) must never meet the default action.
-        let reloads = reload_on_hangup(server.clone(), path.to_owned())
-            .context("cannot install the SIGHUP handler")?;
+        let reloads = reload_on_hangup(
+            server.clone(),
+            path.to_owned(),
+            std::sync::Arc::clone(&notifier),
+        )
+        .context("cannot install the SIGHUP handler")?;
         let shutdown = shutdown_signal().context("cannot install signal handlers")?;
         let listeners = server.bind().await?;
         let _pid_file = pid_file.map(PidFile::create).transpose()?;
@@ -152,26 +164,55 @@ fn run(
             pid = std::process::id(),
             "sluice started"
         );
-        server.run(listeners, shutdown).await?;
+        // `run` polls the shutdown future for the first time once every listener accepts and
+        // the admin listener serves: the moment to say READY=1.
+        let served = {
+            let server = server.clone();
+            async move {
+                notifier.ready(&serving_status(&server, ""));
+                shutdown.await;
+                notifier.stopping(&format!(
+                    "shutting down: draining {} tunnels",
+                    server.live_tunnels()
+                ));
+            }
+        };
+        server.run(listeners, served).await?;
         reloads.abort();
         Ok(ExitCode::SUCCESS)
     })
 }
 
 /// Reloads the configuration file at each SIGHUP. Signals arriving during a reload are
-/// coalesced into one more reload after it: none is lost, none runs twice at once.
+/// coalesced into one more reload after it: none is lost, none runs twice at once. Each
+/// reload is bracketed by `RELOADING=1` and `READY=1` for the service manager.
 fn reload_on_hangup(
     server: sluice_proxy::Server,
     path: PathBuf,
+    notifier: std::sync::Arc<Notifier>,
 ) -> std::io::Result<tokio::task::JoinHandle<()>> {
     let mut hangup = signal(SignalKind::hangup())?;
     Ok(tokio::spawn(async move {
         while hangup.recv().await.is_some() {
             info!(signal = "SIGHUP", config = %path.display(), "reloading the configuration");
+            notifier.reloading();
             // Success and every cause of failure are logged by the server.
-            let _ = server.reload_file(&path).await;
+            let outcome = match server.reload_file(&path).await {
+                Ok(_) => "",
+                Err(_) => "reload refused (see the log); ",
+            };
+            notifier.ready(&serving_status(&server, outcome));
         }
     }))
+}
+
+/// The `STATUS=` line of a READY notification: what `systemctl status` shows.
+fn serving_status(server: &sluice_proxy::Server, prefix: &str) -> String {
+    format!(
+        "{prefix}serving configuration generation {}, {} tunnels",
+        server.snapshot().generation(),
+        server.live_tunnels()
+    )
 }
 
 /// Resolves at the first SIGTERM or SIGINT; a second one exits at once.

@@ -15,14 +15,7 @@ use futures_util::{SinkExt, StreamExt};
 use rustix::process::Signal;
 use sluice_testkit::{EchoBackend, Message, ws_connect};
 
-fn config(port: u16, backends: &[SocketAddr]) -> String {
-    common::config(
-        port,
-        backends,
-        "balance = \"round_robin\"",
-        "[timeouts]\nshutdown = \"5s\"\nshutdown_spread = \"1s\"",
-    )
-}
+use common::round_robin as config;
 
 async fn landed(addr: SocketAddr) -> String {
     common::landed(addr, &[]).await

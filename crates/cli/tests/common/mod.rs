@@ -66,6 +66,16 @@ pub async fn landed(addr: SocketAddr, headers: &[(&str, &str)]) -> String {
     name
 }
 
+/// [`config`] with a `round_robin` pool and a short shutdown (5 s, the last 1 s spread).
+pub fn round_robin(port: u16, backends: &[SocketAddr]) -> String {
+    config(
+        port,
+        backends,
+        "balance = \"round_robin\"",
+        "[timeouts]\nshutdown = \"5s\"\nshutdown_spread = \"1s\"",
+    )
+}
+
 pub fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")
         .unwrap()
@@ -114,11 +124,23 @@ impl Sluice {
     /// until it says it started (listeners bound, signal handlers and pid file in place) and
     /// accepts connections.
     pub async fn start(config: &Path, port: u16, extra: &[&str]) -> Self {
+        Self::start_with_env(config, port, extra, &[]).await
+    }
+
+    /// As [`Sluice::start`], with these environment variables (`RUST_LOG` is `info` unless
+    /// given).
+    pub async fn start_with_env(
+        config: &Path,
+        port: u16,
+        extra: &[&str],
+        env: &[(&str, &str)],
+    ) -> Self {
         let mut child = Command::new(SLUICE)
             .args(["run", "--log-format", "json", "--config"])
             .arg(config)
             .args(extra)
             .env("RUST_LOG", "info")
+            .envs(env.iter().copied())
             .stderr(Stdio::piped())
             .spawn()
             .unwrap();
@@ -176,11 +198,19 @@ impl Sluice {
     }
 
     /// SIGTERM, then the exit status.
-    pub async fn stop(mut self) -> std::process::ExitStatus {
+    pub async fn stop(self) -> std::process::ExitStatus {
+        self.terminate().await.0
+    }
+
+    /// SIGTERM, then the exit status and the exited process, whose log can still be read.
+    pub async fn terminate(mut self) -> (std::process::ExitStatus, Self) {
         self.signal(rustix::process::Signal::TERM);
-        tokio::task::spawn_blocking(move || wait_exit(&mut self.child, Duration::from_secs(60)))
-            .await
-            .unwrap()
+        tokio::task::spawn_blocking(move || {
+            let status = wait_exit(&mut self.child, Duration::from_secs(60));
+            (status, self)
+        })
+        .await
+        .unwrap()
     }
 }
 
