@@ -217,6 +217,22 @@ fn every_sysctl_of_the_drop_in_exists_in_the_kernel() {
     assert!(seen["net.core.somaxconn"].parse::<u64>().unwrap() >= 4096);
 }
 
+// --- docs/deploy.md -------------------------------------------------------------------------
+
+#[test]
+fn the_configuration_examples_of_the_deploy_guide_parse() {
+    let text = read(&common::repo().join("docs/deploy.md"));
+    let mut examples = 0;
+    for (n, block) in text.split("```toml\n").skip(1).enumerate() {
+        let toml = block.split("```").next().unwrap();
+        if let Err(errors) = sluice_config::parse(toml, &format!("docs/deploy.md example {n}")) {
+            panic!("{errors}");
+        }
+        examples += 1;
+    }
+    assert!(examples >= 1);
+}
+
 // --- container ------------------------------------------------------------------------------
 
 /// Dockerfile instructions: (INSTRUCTION, arguments), continuation lines joined.
