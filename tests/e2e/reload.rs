@@ -135,16 +135,21 @@ async fn a_backend_removed_and_added_back_keeps_its_live_count() {
 #[tokio::test]
 async fn removed_backend_tunnels_close_after_drain_timeout_spread_oldest_first() {
     let b = backends(2).await;
+    // Three tunnels: closed at 500 ms, 2.5 s and 4.5 s. Steps of 2 s leave each close time
+    // the slack a loaded machine needs without blurring the order.
+    const TUNNELS: u64 = 3;
+    const STEP: Duration = Duration::from_secs(2);
+    let spread = STEP.as_secs() * TUNNELS;
     let pool = |list: &[SocketAddr]| {
         format!(
             "[[listeners]]\nname = \"public\"\nlisten = \"127.0.0.1:0\"\n\n[[routes]]\nlistener = \"public\"\npool = \"main\"\n\n\
-             [pools.main]\ndrain_timeout = \"500ms\"\ndrain_spread = \"1s\"\nbackends = [{}]\n",
+             [pools.main]\ndrain_timeout = \"500ms\"\ndrain_spread = \"{spread}s\"\nbackends = [{}]\n",
             backend_list(list)
         )
     };
     let proxy = Proxy::start(&pool(&addrs(&[&b[0]]))).await;
     let mut tunnels = Vec::new();
-    for _ in 0..5 {
+    for _ in 0..TUNNELS {
         tunnels.push(open(proxy.addr()).await.0);
     }
     let (mut other, _) = {
@@ -157,26 +162,35 @@ async fn removed_backend_tunnels_close_after_drain_timeout_spread_oldest_first()
             }
         }
     };
+    // Tunnels to b0 opened (and dropped) by the loop above must be gone before b0 is removed:
+    // they would count among the drained ones and move every slot.
+    assert!(
+        wait_until(SOON, || proxy.server().live_tunnels()
+            == TUNNELS as usize + 1)
+        .await
+    );
     let removed_at = Instant::now();
     proxy.reload(&pool(&addrs(&[&b[1]]))).await.unwrap();
-    // Each tunnel to b0 ends; record when, in open order (oldest first).
-    let mut closed = Vec::new();
-    for (i, ws) in tunnels.iter_mut().enumerate() {
-        let ended =
-            tokio::time::timeout(SOON, async { while let Some(Ok(_)) = ws.next().await {} }).await;
-        assert!(ended.is_ok(), "tunnel {i} never closed");
-        closed.push(removed_at.elapsed());
-    }
-    // None before the drain timeout; spread over the 1 s window at 200 ms steps, oldest first.
+    // Each tunnel to b0 ends; record when, all watched at once (tunnels in open order).
+    let closed: Vec<Duration> =
+        futures_util::future::join_all(tunnels.iter_mut().enumerate().map(|(i, ws)| async move {
+            let ended =
+                tokio::time::timeout(SOON, async { while let Some(Ok(_)) = ws.next().await {} })
+                    .await;
+            assert!(ended.is_ok(), "tunnel {i} never closed");
+            removed_at.elapsed()
+        }))
+        .await;
+    // None before the drain timeout; spread over the window at STEP intervals, oldest first.
     for (i, at) in closed.iter().enumerate() {
-        let slot = Duration::from_millis(500 + 200 * i as u64);
+        let slot = Duration::from_millis(500) + STEP * i as u32;
         assert!(
             *at >= slot - Duration::from_millis(20),
-            "tunnel {i} closed at {at:?}, before {slot:?}"
+            "tunnel {i} closed at {at:?}, before {slot:?}: {closed:?}"
         );
         assert!(
-            *at < slot + Duration::from_millis(400),
-            "tunnel {i} closed at {at:?}, long after {slot:?}"
+            *at < slot + STEP * 3 / 4,
+            "tunnel {i} closed at {at:?}, long after {slot:?}: {closed:?}"
         );
     }
     assert!(

@@ -5,12 +5,11 @@
 
 mod common;
 
-use std::io::Read;
 use std::net::{SocketAddr, TcpListener};
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
-use common::{SLUICE, free_port, repo, signal, temp_file, wait_exit, wait_listening};
+use common::{SLUICE, Sluice, repo, temp_file};
 use futures_util::StreamExt;
 use sluice_testkit::{EchoBackend, Message, ws_connect, ws_roundtrip};
 
@@ -99,9 +98,8 @@ fn a_missing_config_file_is_a_clear_error() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("/nonexistent/sluice.toml"));
 }
 
-fn run_config(port: u16, backend: SocketAddr, shutdown: &str) -> String {
+fn run_config(backend: SocketAddr, shutdown: &str) -> String {
     common::config(
-        port,
         &[backend],
         "",
         &format!("[timeouts]\nshutdown = \"{shutdown}\""),
@@ -111,18 +109,9 @@ fn run_config(port: u16, backend: SocketAddr, shutdown: &str) -> String {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn run_serves_websockets_and_sigterm_drains_then_exits_0() {
     let backend = EchoBackend::spawn().await;
-    let port = free_port();
-    let path = temp_file("run.toml", &run_config(port, backend.addr(), "1s"));
-    let mut child = Command::new(SLUICE)
-        .args(["run", "--config"])
-        .arg(&path)
-        .args(["--log-format", "json"])
-        .env("RUST_LOG", "info")
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let addr = SocketAddr::from(([127, 0, 0, 1], port));
-    wait_listening(addr).await;
+    let path = temp_file("run.toml", &run_config(backend.addr(), "1s"));
+    let sluice = Sluice::start(&path, &[]).await;
+    let addr = sluice.addr;
 
     let (mut ws, _) = ws_connect(addr, "/", &[]).await.unwrap();
     assert_eq!(
@@ -133,7 +122,7 @@ async fn run_serves_websockets_and_sigterm_drains_then_exits_0() {
     );
 
     let started = Instant::now();
-    signal(&child, rustix::process::Signal::TERM);
+    sluice.signal(rustix::process::Signal::TERM);
     // The live tunnel keeps working during the grace period...
     assert_eq!(
         ws_roundtrip(&mut ws, Message::text("still")).await.unwrap(),
@@ -145,61 +134,45 @@ async fn run_serves_websockets_and_sigterm_drains_then_exits_0() {
     })
     .await;
     assert!(ended.is_ok());
-    let status = tokio::task::spawn_blocking(move || {
-        let status = wait_exit(&mut child, Duration::from_secs(10));
-        let mut logs = String::new();
-        child
-            .stderr
-            .take()
-            .unwrap()
-            .read_to_string(&mut logs)
-            .unwrap();
-        (status, logs)
-    })
-    .await
-    .unwrap();
+    let (status, logs) = sluice.exit(Duration::from_secs(20)).await;
+    let logs = logs.join("\n");
     // Grace until 1 s minus the default spread (a sixth of it), then closed.
     assert!(started.elapsed() >= Duration::from_millis(800));
-    assert_eq!(status.0.code(), Some(0), "logs:\n{}", status.1);
+    assert_eq!(status.code(), Some(0), "logs:\n{logs}");
     // JSON logs, one object per line.
     assert!(
-        status
-            .1
-            .lines()
+        logs.lines()
             .filter(|l| !l.is_empty())
             .all(|l| l.starts_with('{')),
-        "{}",
-        status.1
+        "{logs}"
     );
-    assert!(status.1.contains("shutting down"));
+    assert!(logs.contains("shutting down"));
 }
 
 #[tokio::test]
 async fn a_second_sigint_exits_at_once() {
     let backend = EchoBackend::spawn().await;
-    let port = free_port();
-    let path = temp_file("run.toml", &run_config(port, backend.addr(), "1h"));
-    let mut child = Command::new(SLUICE)
-        .args(["run", "--config"])
-        .arg(&path)
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let addr = SocketAddr::from(([127, 0, 0, 1], port));
-    wait_listening(addr).await;
+    let path = temp_file("run.toml", &run_config(backend.addr(), "1h"));
+    let mut sluice = Sluice::start(&path, &[]).await;
     // A live tunnel would hold the first shutdown for an hour.
-    let (_ws, _) = ws_connect(addr, "/", &[]).await.unwrap();
-    signal(&child, rustix::process::Signal::INT);
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    let (_ws, _) = ws_connect(sluice.addr, "/", &[]).await.unwrap();
+    sluice.signal(rustix::process::Signal::INT);
+    // Once the first SIGINT is handled (a second one sent before would be merged with it)...
+    sluice
+        .wait_log(&["shutdown requested", "SIGINT"], Duration::from_secs(20))
+        .await;
+    sluice
+        .wait_log(&["shutting down"], Duration::from_secs(20))
+        .await;
     assert!(
-        child.try_wait().unwrap().is_none(),
+        sluice.child.try_wait().unwrap().is_none(),
         "first SIGINT must wait for the tunnel"
     );
-    signal(&child, rustix::process::Signal::INT);
-    let status = tokio::task::spawn_blocking(move || wait_exit(&mut child, Duration::from_secs(5)))
-        .await
-        .unwrap();
-    assert_eq!(status.code(), Some(1));
+    // ...the second exits at once, with the tunnel still open.
+    sluice.signal(rustix::process::Signal::INT);
+    let (status, logs) = sluice.exit(Duration::from_secs(20)).await;
+    assert_eq!(status.code(), Some(1), "{}", logs.join("\n"));
+    assert!(logs.iter().any(|l| l.contains("second shutdown signal")));
 }
 
 #[test]
@@ -208,7 +181,8 @@ fn a_port_in_use_is_a_clear_error_and_exit_1() {
     let port = taken.local_addr().unwrap().port();
     let path = temp_file(
         "busy.toml",
-        &run_config(port, "127.0.0.1:9".parse().unwrap(), "1s"),
+        &run_config("127.0.0.1:9".parse().unwrap(), "1s")
+            .replace("127.0.0.1:0", &format!("127.0.0.1:{port}")),
     );
     let out = Command::new(SLUICE)
         .args(["run", "--config"])

@@ -644,17 +644,17 @@ async fn the_probes_of_the_deployment_answer_on_a_real_sluice() {
     let k8s = Kubernetes::load();
     let config = k8s.config();
     let backend = sluice_testkit::EchoBackend::spawn_named("chat").await;
-    let (port, admin_port) = (common::free_port(), common::free_port());
     let mut text = k8s.config_text().to_owned();
+    // Port 0 for both: the addresses are read back from the log.
     replace_once(
         &mut text,
         format!("listen = \"{}\"", config.listeners[0].listen),
-        format!("listen = \"127.0.0.1:{port}\""),
+        "listen = \"127.0.0.1:0\"".to_owned(),
     );
     replace_once(
         &mut text,
         format!("listen = \"{}\"", config.admin.as_ref().unwrap().listen),
-        format!("listen = \"127.0.0.1:{admin_port}\""),
+        "listen = \"127.0.0.1:0\"".to_owned(),
     );
     let backends = text
         .lines()
@@ -677,8 +677,13 @@ async fn the_probes_of_the_deployment_answer_on_a_real_sluice() {
     );
 
     let path = common::temp_file("sluice.toml", &text);
-    let sluice = common::Sluice::start(&path, port, &[]).await;
-    let admin = std::net::SocketAddr::from(([127, 0, 0, 1], admin_port));
+    let sluice = common::Sluice::start(&path, &[]).await;
+    let line = sluice
+        .wait_log(&["admin listener"], Duration::from_secs(20))
+        .await;
+    let admin: std::net::SocketAddr = common::json_field(&line, "addr")
+        .and_then(|a| a.parse().ok())
+        .unwrap_or_else(|| panic!("no address in {line}"));
     common::wait_listening(admin).await;
     let sluice_spec = k8s.container("sluice");
     for probe in ["readinessProbe", "livenessProbe"] {

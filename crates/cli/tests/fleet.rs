@@ -16,7 +16,7 @@ use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::sync::Arc;
 use std::time::Duration;
 
-use common::{Sluice, free_port, temp_file};
+use common::{Sluice, temp_file};
 use futures_util::StreamExt;
 use sluice_testkit::{EchoBackend, ws_handshake};
 
@@ -25,16 +25,17 @@ const INSTANCES: usize = 3;
 /// Connections through the edge at once.
 const CONCURRENCY: usize = 32;
 
-fn instance_config(port: u16, backends: &[SocketAddr]) -> String {
+fn instance_config(backends: &[SocketAddr]) -> String {
     // Bounded loads off: with it, each instance's choice would also depend on its own load.
     let pool = "balance = \"hash\"\nhash_key = \"cookie:session\"\nhash_balance_factor = 0";
-    common::config(port, backends, pool, "")
+    common::config(backends, pool, "")
 }
 
-fn edge_config(port: u16, instances: &[SocketAddr]) -> String {
+/// The edge: a `tcp` listener (named `public`, as the harness expects) on port 0.
+fn edge_config(instances: &[SocketAddr]) -> String {
     let list: Vec<String> = instances.iter().map(|a| format!("\"{a}\"")).collect();
     format!(
-        "[[listeners]]\nname = \"edge\"\nlisten = \"127.0.0.1:{port}\"\nmode = \"tcp\"\n\
+        "[[listeners]]\nname = \"public\"\nlisten = \"127.0.0.1:0\"\nmode = \"tcp\"\n\
          pool = \"fleet\"\n\n[pools.fleet]\nbalance = \"round_robin\"\nbackends = [{}]\n",
         list.join(", ")
     )
@@ -133,21 +134,14 @@ async fn a_thousand_sessions_land_on_one_backend_whichever_instance_serves_them(
         if i == 2 {
             order.reverse();
         }
-        let port = free_port();
-        let config = temp_file(&format!("instance{i}.toml"), &instance_config(port, &order));
-        instances.push(Sluice::start(&config, port, &[]).await);
+        let config = temp_file(&format!("instance{i}.toml"), &instance_config(&order));
+        instances.push(Sluice::start(&config, &[]).await);
     }
     let instance_addrs: Vec<_> = instances.iter().map(|s| s.addr).collect();
-    let port = free_port();
-    let config = temp_file("edge.toml", &edge_config(port, &instance_addrs));
+    let config = temp_file("edge.toml", &edge_config(&instance_addrs));
     // Debug logs on the edge only: one `relaying` line per connection, with its peer.
-    let edge = Sluice::start_with_env(
-        &config,
-        port,
-        &[],
-        &[("RUST_LOG", "info,sluice_proxy=debug")],
-    )
-    .await;
+    let edge =
+        Sluice::start_with_env(&config, &[], &[("RUST_LOG", "info,sluice_proxy=debug")]).await;
 
     // Three rounds: every session connects three times, spread over the instances.
     let everyone: Vec<usize> = (0..SESSIONS).collect();

@@ -7,7 +7,7 @@ mod common;
 
 use std::time::Duration;
 
-use common::{Sluice, free_port, replace_file, temp_file};
+use common::{Sluice, replace_file, temp_file};
 use rustix::process::Signal;
 use sluice_testkit::EchoBackend;
 use tokio::net::UnixDatagram;
@@ -39,13 +39,11 @@ fn monotonic_usec() -> u64 {
 async fn ready_reloading_and_stopping_are_reported_in_order() {
     let one = EchoBackend::spawn_named("one").await;
     let two = EchoBackend::spawn_named("two").await;
-    let port = free_port();
-    let path = temp_file("sluice.toml", &config(port, &[one.addr()]));
+    let path = temp_file("sluice.toml", &config(&[one.addr()]));
     let socket_path = path.with_file_name("notify.sock");
     let socket = UnixDatagram::bind(&socket_path).unwrap();
     let sluice = Sluice::start_with_env(
         &path,
-        port,
         &[],
         &[("NOTIFY_SOCKET", socket_path.to_str().unwrap())],
     )
@@ -58,7 +56,7 @@ async fn ready_reloading_and_stopping_are_reported_in_order() {
     assert_eq!(common::landed(sluice.addr, &[]).await, "one");
 
     // A reload that applies: RELOADING=1 stamped with the time it started, then READY=1.
-    replace_file(&path, &config(port, &[two.addr()]));
+    replace_file(&path, &config(&[two.addr()]));
     let before = monotonic_usec();
     sluice.signal(Signal::HUP);
     let reloading = next(&socket).await;
@@ -103,16 +101,10 @@ async fn ready_reloading_and_stopping_are_reported_in_order() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_notify_socket_nobody_listens_on_is_logged_once_and_changes_nothing() {
     let backend = EchoBackend::spawn_named("b").await;
-    let port = free_port();
-    let path = temp_file("sluice.toml", &config(port, &[backend.addr()]));
+    let path = temp_file("sluice.toml", &config(&[backend.addr()]));
     let missing = path.with_file_name("nobody-listens.sock");
-    let sluice = Sluice::start_with_env(
-        &path,
-        port,
-        &[],
-        &[("NOTIFY_SOCKET", missing.to_str().unwrap())],
-    )
-    .await;
+    let sluice =
+        Sluice::start_with_env(&path, &[], &[("NOTIFY_SOCKET", missing.to_str().unwrap())]).await;
     sluice
         .wait_log(
             &["cannot notify the service manager"],
@@ -124,15 +116,12 @@ async fn a_notify_socket_nobody_listens_on_is_logged_once_and_changes_nothing() 
     sluice.wait_generation(2).await;
     assert_eq!(common::landed(sluice.addr, &[]).await, "b");
     // Every later notification (READY after the reload, STOPPING) fails too: still one line.
-    let (status, sluice) = sluice.terminate().await;
+    sluice.signal(Signal::TERM);
+    let (status, log) = sluice.exit(Duration::from_secs(60)).await;
     assert_eq!(status.code(), Some(0));
-    sluice
-        .wait_log(&["shut down"], Duration::from_secs(20))
-        .await;
-    let warnings = sluice
-        .log()
+    let warnings = log
         .iter()
         .filter(|l| l.contains("cannot notify the service manager"))
         .count();
-    assert_eq!(warnings, 1, "{:#?}", sluice.log());
+    assert_eq!(warnings, 1, "{log:#?}");
 }

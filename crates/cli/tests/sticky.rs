@@ -7,12 +7,12 @@ mod common;
 
 use std::net::SocketAddr;
 
-use common::{Sluice, free_port, temp_file};
+use common::{Sluice, temp_file};
 use sluice_testkit::EchoBackend;
 
-fn config(port: u16, backends: &[SocketAddr]) -> String {
+fn config(backends: &[SocketAddr]) -> String {
     let pool = "balance = \"hash\"\nhash_key = \"header:x-session\"\nhash_balance_factor = 0";
-    common::config(port, backends, pool, "")
+    common::config(backends, pool, "")
 }
 
 async fn backend_for(addr: SocketAddr, session: &str) -> String {
@@ -26,12 +26,11 @@ async fn two_processes_choose_the_same_backend_for_a_thousand_keys() {
         backends.push(EchoBackend::spawn_named(&format!("b{i}")).await);
     }
     let addrs: Vec<_> = backends.iter().map(|b| b.addr()).collect();
-    let (p1, p2) = (free_port(), free_port());
-    let one = Sluice::start(&temp_file("one.toml", &config(p1, &addrs)), p1, &[]).await;
+    let one = Sluice::start(&temp_file("one.toml", &config(&addrs)), &[]).await;
     // The second lists the same backends in another order: identity is the address, not the position.
     let mut reversed = addrs.clone();
     reversed.reverse();
-    let two = Sluice::start(&temp_file("two.toml", &config(p2, &reversed)), p2, &[]).await;
+    let two = Sluice::start(&temp_file("two.toml", &config(&reversed)), &[]).await;
 
     let mut per_backend = std::collections::HashMap::new();
     for key in 0..1000 {

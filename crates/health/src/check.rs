@@ -330,14 +330,25 @@ mod tests {
 
     use super::*;
 
+    /// A check whose timeout a loaded machine never reaches when the backend answers; tests
+    /// that expect a timeout (nothing ever comes, so no machine is too slow for it) shorten it
+    /// with [`quick`].
     fn check(kind: CheckKind) -> HealthCheck {
         HealthCheck {
             kind,
-            interval: Duration::from_secs(1),
-            timeout: Duration::from_millis(500),
+            interval: Duration::from_secs(5),
+            timeout: Duration::from_secs(5),
             rise: 1,
             fall: 1,
             jitter: Jitter::Fraction(0.0),
+        }
+    }
+
+    /// `check` with a short timeout, for backends that never answer.
+    fn quick(check: HealthCheck) -> HealthCheck {
+        HealthCheck {
+            timeout: Duration::from_millis(300),
+            ..check
         }
     }
 
@@ -456,11 +467,11 @@ mod tests {
     async fn silence_is_a_timeout_and_nobody_is_refused() {
         let hole = Blackhole::spawn().await;
         assert_eq!(
-            failure(&websocket(true), hole.addr()).await,
+            failure(&quick(websocket(true)), hole.addr()).await,
             Some(CheckFailure::Timeout)
         );
         assert_eq!(
-            failure(&http(200, 399), hole.addr()).await,
+            failure(&quick(http(200, 399)), hole.addr()).await,
             Some(CheckFailure::Timeout)
         );
         assert_eq!(failure(&check(CheckKind::Tcp), hole.addr()).await, None);
@@ -511,13 +522,18 @@ mod tests {
     #[tokio::test]
     async fn the_ping_must_come_back() {
         let mute = mute_after_upgrade(false).await;
+        // The close that follows waits for an answer until the timeout: 2 s, not 5.
+        let handshake_only = HealthCheck {
+            timeout: Duration::from_secs(2),
+            ..websocket(false)
+        };
         assert_eq!(
-            failure(&websocket(false), mute).await,
+            failure(&handshake_only, mute).await,
             None,
             "the handshake alone passes"
         );
         assert_eq!(
-            failure(&websocket(true), mute).await,
+            failure(&quick(websocket(true)), mute).await,
             Some(CheckFailure::Timeout)
         );
         let gone = mute_after_upgrade(true).await;

@@ -249,11 +249,13 @@ mod tests {
 
     use super::*;
 
+    /// A check every `interval_ms`, with a timeout a loaded machine never reaches when the
+    /// backend answers (the last failure's reason is the one a down backend shows).
     fn check(kind: CheckKind, interval_ms: u64) -> HealthCheck {
         HealthCheck {
             kind,
             interval: Duration::from_millis(interval_ms),
-            timeout: Duration::from_millis(interval_ms),
+            timeout: Duration::from_secs(5),
             rise: 2,
             fall: 2,
             jitter: Jitter::Fraction(0.1),

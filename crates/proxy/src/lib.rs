@@ -294,6 +294,11 @@ impl Server {
         &self.shared.reloads
     }
 
+    /// Active health checkers now: one per backend of the live configuration's checked pools.
+    pub async fn health_checkers(&self) -> usize {
+        self.shared.control.lock().await.health.len()
+    }
+
     /// The addresses the running listeners are bound to, by listener name.
     pub async fn listener_addrs(&self) -> HashMap<String, SocketAddr> {
         self.shared.control.lock().await.listener_addrs()

@@ -462,33 +462,47 @@ async fn writing_to_a_vanished_client_is_a_client_error() {
 
 #[tokio::test]
 async fn idle_timeout_closes_a_quiet_tunnel() {
-    let idle = Duration::from_millis(300);
-    for mode in [RelayMode::Splice, RelayMode::Copy] {
-        let opts = RelayOptions {
-            mode,
-            idle_timeout: Some(idle),
-            ..RelayOptions::default()
-        };
-        let mut t = Tunnel::start(opts, pool()).await;
-        // Traffic keeps it open past the timeout...
-        for _ in 0..6 {
-            ping(&mut t.client, &mut t.server, b"ping").await;
-            ping(&mut t.server, &mut t.client, b"pong").await;
-            tokio::time::sleep(idle / 4).await;
-        }
-        assert!(!t.relay.is_finished(), "closed while active");
-        // ...then silence closes it.
-        let quiet = Instant::now();
-        let report = timeout(DEADLINE, t.relay).await.unwrap().unwrap();
-        assert_eq!(report.closed_by, CloseReason::IdleTimeout);
-        // The last byte moved a quarter of the timeout before `quiet`.
-        assert!(quiet.elapsed() >= idle / 2, "{:?}", quiet.elapsed());
-        assert!(report.duration >= idle * 6 / 4);
-        let mut rest = Vec::new();
-        let _ = timeout(DEADLINE, t.client.read_to_end(&mut rest))
-            .await
-            .unwrap();
+    // Both modes at once: each takes a few seconds.
+    tokio::join!(
+        idle_timeout_closes_a_quiet_tunnel_in(RelayMode::Splice),
+        idle_timeout_closes_a_quiet_tunnel_in(RelayMode::Copy)
+    );
+}
+
+async fn idle_timeout_closes_a_quiet_tunnel_in(mode: RelayMode) {
+    // Traffic every fifth of the timeout: a loaded machine may stretch a pause several times
+    // over before the tunnel looks idle.
+    let idle = Duration::from_secs(1);
+    let pause = idle / 5;
+    let opts = RelayOptions {
+        mode,
+        idle_timeout: Some(idle),
+        ..RelayOptions::default()
+    };
+    let mut t = Tunnel::start(opts, pool()).await;
+    // Traffic keeps it open past the timeout...
+    let mut last_sent = Instant::now();
+    for _ in 0..8 {
+        last_sent = Instant::now();
+        ping(&mut t.client, &mut t.server, b"ping").await;
+        ping(&mut t.server, &mut t.client, b"pong").await;
+        tokio::time::sleep(pause).await;
     }
+    assert!(!t.relay.is_finished(), "{mode:?}: closed while active");
+    // ...then silence closes it, a whole timeout after the last bytes moved (sent after
+    // `last_sent`).
+    let report = timeout(DEADLINE, t.relay).await.unwrap().unwrap();
+    assert_eq!(report.closed_by, CloseReason::IdleTimeout, "{mode:?}");
+    assert!(
+        last_sent.elapsed() >= idle,
+        "{mode:?}: {:?}",
+        last_sent.elapsed()
+    );
+    assert!(report.duration >= idle + pause * 7, "{mode:?}");
+    let mut rest = Vec::new();
+    let _ = timeout(DEADLINE, t.client.read_to_end(&mut rest))
+        .await
+        .unwrap();
 }
 
 #[tokio::test]
@@ -521,7 +535,11 @@ async fn half_closed_timeout_closes_a_tunnel_whose_other_side_never_ends() {
         assert_eq!(report.closed_by, CloseReason::HalfClosedTimeout, "{mode:?}");
         assert_eq!(report.closed_by.label(), "half_closed_timeout");
         assert!(took >= limit * 9 / 10, "{mode:?}: closed after {took:?}");
-        assert!(took < limit * 3, "{mode:?}: closed after {took:?}");
+        // Not much later either (a loaded machine fires timers late, never early).
+        assert!(
+            took < limit + Duration::from_secs(2),
+            "{mode:?}: closed after {took:?}"
+        );
         assert!(report.backend_to_client > 5, "traffic did not keep it open");
     }
 }

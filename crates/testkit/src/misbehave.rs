@@ -17,15 +17,27 @@ fn localhost() -> SocketAddr {
     SocketAddr::from((Ipv4Addr::LOCALHOST, 0))
 }
 
-/// A 127.0.0.1 address where nothing listens: a port was bound and released, so connecting gets
-/// `ECONNREFUSED`. The port is "reserved-ish" only: the kernel hands ports out in turn and does
-/// not reuse one straight away, but nothing stops another socket from taking it later.
+/// A 127.0.0.1 address where nothing listens: connecting gets `ECONNREFUSED`, for the life of
+/// the process.
+///
+/// The port stays bound (by a socket that never listens, kept until the process exits), so no
+/// other socket can take it: a port bound and released could be handed to the next
+/// `127.0.0.1:0` listener of a test running in parallel, which would then accept.
 ///
 /// # Panics
 /// If 127.0.0.1 cannot be bound.
 pub fn refused_addr() -> SocketAddr {
-    let listener = std::net::TcpListener::bind(localhost()).expect("bind 127.0.0.1:0");
-    listener.local_addr().expect("local address")
+    static RESERVED: std::sync::Mutex<Vec<socket2::Socket>> = std::sync::Mutex::new(Vec::new());
+    let socket = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None)
+        .expect("a TCP socket");
+    socket.bind(&localhost().into()).expect("bind 127.0.0.1:0");
+    let addr = socket
+        .local_addr()
+        .ok()
+        .and_then(|a| a.as_socket())
+        .expect("local address");
+    crate::server::lock(&RESERVED).push(socket);
+    addr
 }
 
 /// Accepts TCP connections, reads and records everything, never writes a byte and never closes

@@ -1,10 +1,14 @@
-//! Helpers shared by the binary's test files: temporary files, free ports, signals, waiting
-//! for exit and for a listening port, and reading the JSON log as it is written.
+//! Helpers shared by the binary's test files: temporary files, signals, waiting for exit and
+//! for a listening port, and reading the JSON log as it is written.
+//!
+//! Listeners are configured on port 0 and their address is read back from the `listening` log
+//! line: a port found free and released beforehand could be taken by a test running in
+//! parallel before the process binds it.
 
 #![allow(dead_code, unreachable_pub)]
 
 use std::io::BufRead;
-use std::net::{SocketAddr, TcpListener};
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, ChildStderr, Command, Stdio};
 use std::sync::{Arc, Mutex};
@@ -41,15 +45,25 @@ pub fn replace_file(path: &Path, contents: &str) {
     std::fs::rename(&staged, path).unwrap();
 }
 
-/// A configuration with one listener on 127.0.0.1:`port` routing everything to pool `echo` of
-/// these backends; `pool` adds keys to the pool, `extra` appends tables (`[timeouts]`, ...).
-pub fn config(port: u16, backends: &[SocketAddr], pool: &str, extra: &str) -> String {
+/// A configuration with one listener `public` on 127.0.0.1 port 0 routing everything to pool
+/// `echo` of these backends; `pool` adds keys to the pool, `extra` appends tables
+/// (`[timeouts]`, ...). Reloading it keeps the listener (its configured address is unchanged).
+pub fn config(backends: &[SocketAddr], pool: &str, extra: &str) -> String {
     let list: Vec<String> = backends.iter().map(|a| format!("\"{a}\"")).collect();
     format!(
-        "[[listeners]]\nname = \"public\"\nlisten = \"127.0.0.1:{port}\"\n\n\
+        "[[listeners]]\nname = \"public\"\nlisten = \"127.0.0.1:0\"\n\n\
          [[routes]]\nlistener = \"public\"\npool = \"echo\"\n\n\
          [pools.echo]\n{pool}\nbackends = [{}]\n\n{extra}\n",
         list.join(", ")
+    )
+}
+
+/// [`config`] with a `round_robin` pool and a short shutdown (5 s, the last 1 s spread).
+pub fn round_robin(backends: &[SocketAddr]) -> String {
+    config(
+        backends,
+        "balance = \"round_robin\"",
+        "[timeouts]\nshutdown = \"5s\"\nshutdown_spread = \"1s\"",
     )
 }
 
@@ -64,24 +78,6 @@ pub async fn landed(addr: SocketAddr, headers: &[(&str, &str)]) -> String {
     ws.close(None).await.unwrap();
     while let Some(Ok(_)) = ws.next().await {}
     name
-}
-
-/// [`config`] with a `round_robin` pool and a short shutdown (5 s, the last 1 s spread).
-pub fn round_robin(port: u16, backends: &[SocketAddr]) -> String {
-    config(
-        port,
-        backends,
-        "balance = \"round_robin\"",
-        "[timeouts]\nshutdown = \"5s\"\nshutdown_spread = \"1s\"",
-    )
-}
-
-pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
 }
 
 pub fn signal(child: &Child, signal: rustix::process::Signal) {
@@ -115,26 +111,23 @@ pub async fn wait_listening(addr: SocketAddr) {
 /// A `sluice run` process with JSON logs collected line by line as they are written.
 pub struct Sluice {
     pub child: Child,
+    /// The address of its listener `public`, as it logged it.
     pub addr: SocketAddr,
     log: Arc<Mutex<Vec<String>>>,
+    collector: Option<std::thread::JoinHandle<()>>,
 }
 
 impl Sluice {
-    /// Starts `sluice run --config <config> <extra>` listening on 127.0.0.1:`port` and waits
-    /// until it says it started (listeners bound, signal handlers and pid file in place) and
-    /// accepts connections.
-    pub async fn start(config: &Path, port: u16, extra: &[&str]) -> Self {
-        Self::start_with_env(config, port, extra, &[]).await
+    /// Starts `sluice run --config <config> <extra>` and waits until it says it started
+    /// (listeners bound, signal handlers and pid file in place) and its listener `public`
+    /// (configured on port 0) accepts connections at the address it logged.
+    pub async fn start(config: &Path, extra: &[&str]) -> Self {
+        Self::start_with_env(config, extra, &[]).await
     }
 
     /// As [`Sluice::start`], with these environment variables (`RUST_LOG` is `info` unless
     /// given).
-    pub async fn start_with_env(
-        config: &Path,
-        port: u16,
-        extra: &[&str],
-        env: &[(&str, &str)],
-    ) -> Self {
+    pub async fn start_with_env(config: &Path, extra: &[&str], env: &[(&str, &str)]) -> Self {
         let mut child = Command::new(SLUICE)
             .args(["run", "--log-format", "json", "--config"])
             .arg(config)
@@ -145,14 +138,27 @@ impl Sluice {
             .spawn()
             .unwrap();
         let log = Arc::new(Mutex::new(Vec::new()));
-        collect_lines(child.stderr.take().unwrap(), Arc::clone(&log));
-        let addr = SocketAddr::from(([127, 0, 0, 1], port));
-        let sluice = Self { child, addr, log };
+        let collector = collect_lines(child.stderr.take().unwrap(), Arc::clone(&log));
+        let mut sluice = Self {
+            child,
+            addr: SocketAddr::from(([127, 0, 0, 1], 0)),
+            log,
+            collector: Some(collector),
+        };
         let pid = format!("\"pid\":{}", sluice.child.id());
         sluice
             .wait_log(&["sluice started", &pid], Duration::from_secs(20))
             .await;
-        wait_listening(addr).await;
+        let listening = sluice
+            .wait_log(
+                &["\"message\":\"listening\"", "\"listener\":\"public\""],
+                Duration::from_secs(20),
+            )
+            .await;
+        sluice.addr = json_field(&listening, "addr")
+            .and_then(|a| a.parse().ok())
+            .unwrap_or_else(|| panic!("no address in {listening}"));
+        wait_listening(sluice.addr).await;
         sluice
     }
 
@@ -199,15 +205,24 @@ impl Sluice {
 
     /// SIGTERM, then the exit status.
     pub async fn stop(self) -> std::process::ExitStatus {
-        self.terminate().await.0
+        self.signal(rustix::process::Signal::TERM);
+        self.exit(Duration::from_secs(60)).await.0
     }
 
-    /// SIGTERM, then the exit status and the exited process, whose log can still be read.
-    pub async fn terminate(mut self) -> (std::process::ExitStatus, Self) {
-        self.signal(rustix::process::Signal::TERM);
+    /// Waits (at most `within`) for the process to exit: its status and every line it logged.
+    pub async fn exit(mut self, within: Duration) -> (std::process::ExitStatus, Vec<String>) {
+        let collector = self.collector.take();
+        let log = Arc::clone(&self.log);
+        let mut sluice = self;
         tokio::task::spawn_blocking(move || {
-            let status = wait_exit(&mut self.child, Duration::from_secs(60));
-            (status, self)
+            let sluice = &mut sluice;
+            let status = wait_exit(&mut sluice.child, within);
+            // The process is gone: its stderr ends, and the collector has every line.
+            if let Some(collector) = collector {
+                collector.join().unwrap();
+            }
+            let lines = log.lock().unwrap().clone();
+            (status, lines)
         })
         .await
         .unwrap()
@@ -225,11 +240,21 @@ impl Drop for Sluice {
     }
 }
 
-fn collect_lines(stderr: ChildStderr, into: Arc<Mutex<Vec<String>>>) {
+/// The value of a string field of a flat JSON log line.
+pub fn json_field<'a>(line: &'a str, name: &str) -> Option<&'a str> {
+    let start = line.find(&format!("\"{name}\":\""))? + name.len() + 4;
+    let rest = line.get(start..)?;
+    rest.get(..rest.find('"')?)
+}
+
+fn collect_lines(
+    stderr: ChildStderr,
+    into: Arc<Mutex<Vec<String>>>,
+) -> std::thread::JoinHandle<()> {
     std::thread::spawn(move || {
         for line in std::io::BufReader::new(stderr).lines() {
             let Ok(line) = line else { break };
             into.lock().unwrap().push(line);
         }
-    });
+    })
 }
