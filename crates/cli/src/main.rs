@@ -9,10 +9,14 @@
 //!
 //! Signals of `run`: SIGHUP reloads the configuration file (all or nothing; an invalid file
 //! keeps the running configuration); SIGTERM/SIGINT shut down gracefully; a second one exits
-//! at once.
+//! at once. A binary upgrade (`--upgrade-from`, see `upgrade.rs`) ends the old process as a
+//! SIGTERM would.
 //!
 //! Under a service manager that sets `NOTIFY_SOCKET` (systemd `Type=notify` or
 //! `Type=notify-reload`), `run` reports readiness, reloads and shutdown to it (`notify.rs`).
+
+mod notify;
+mod upgrade;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -21,8 +25,6 @@ use anyhow::Context as _;
 use clap::{Parser, Subcommand, ValueEnum};
 use tokio::signal::unix::{SignalKind, signal};
 use tracing::{info, warn};
-
-mod notify;
 
 use notify::Notifier;
 
@@ -54,6 +56,14 @@ enum Command {
         /// Write the process id to this file while running (removed on exit).
         #[arg(long, value_name = "FILE")]
         pid_file: Option<PathBuf>,
+        /// Accept binary upgrades on this unix socket: a new sluice started with
+        /// `--upgrade-from` the same path takes the listening sockets over.
+        #[arg(long, value_name = "SOCKET")]
+        upgrade_socket: Option<PathBuf>,
+        /// Take over from the sluice accepting upgrades on this socket (then accept the next
+        /// upgrade on it): no connection is refused in between, and the old process drains.
+        #[arg(long, value_name = "SOCKET", conflicts_with = "upgrade_socket")]
+        upgrade_from: Option<PathBuf>,
     },
     /// Ask a running sluice to reload its configuration (sends SIGHUP to the pid in the file).
     Reload {
@@ -84,7 +94,14 @@ fn main() -> ExitCode {
             config,
             threads,
             pid_file,
-        } => match run(&config, threads, pid_file) {
+            upgrade_socket,
+            upgrade_from,
+        } => match run(
+            &config,
+            threads,
+            pid_file,
+            upgrade::Upgrade::new(upgrade_socket, upgrade_from),
+        ) {
             Ok(code) => code,
             Err(error) => {
                 tracing::error!("{error:#}");
@@ -127,6 +144,7 @@ fn run(
     path: &std::path::Path,
     threads: Option<usize>,
     pid_file: Option<PathBuf>,
+    upgrade: upgrade::Upgrade,
 ) -> anyhow::Result<ExitCode> {
     let config = match sluice_config::load(path) {
         Ok(config) => config,
@@ -156,7 +174,7 @@ fn run(
         )
         .context("cannot install the SIGHUP handler")?;
         let shutdown = shutdown_signal().context("cannot install signal handlers")?;
-        let listeners = server.bind().await?;
+        let (listeners, upgrades) = upgrade.bind(&server).await?;
         let _pid_file = pid_file.map(PidFile::create).transpose()?;
         info!(
             version = env!("CARGO_PKG_VERSION"),
@@ -164,6 +182,14 @@ fn run(
             pid = std::process::id(),
             "sluice started"
         );
+        let upgrade_socket = upgrades.path().map(ToOwned::to_owned);
+        let handed_over = std::cell::Cell::new(false);
+        let shutdown = async {
+            tokio::select! {
+                () = shutdown => {}
+                () = upgrades.serve(&server) => handed_over.set(true),
+            }
+        };
         // `run` polls the shutdown future for the first time once every listener accepts and
         // the admin listener serves: the moment to say READY=1.
         let served = {
@@ -178,6 +204,10 @@ fn run(
             }
         };
         server.run(listeners, served).await?;
+        if let Some(path) = upgrade_socket.filter(|_| !handed_over.get()) {
+            // The successor, if any, owns the socket path now; otherwise it goes with us.
+            let _ = std::fs::remove_file(path);
+        }
         reloads.abort();
         Ok(ExitCode::SUCCESS)
     })
@@ -261,7 +291,12 @@ impl PidFile {
 
 impl Drop for PidFile {
     fn drop(&mut self) {
-        let _ = std::fs::remove_file(&self.0);
+        // After a binary upgrade the file names the successor: leave it to that process.
+        let ours = std::fs::read_to_string(&self.0)
+            .is_ok_and(|text| text.trim() == std::process::id().to_string());
+        if ours {
+            let _ = std::fs::remove_file(&self.0);
+        }
     }
 }
 

@@ -63,9 +63,13 @@ impl Notifier {
         }
     }
 
-    /// `READY=1`: serving (at start, and at the end of every reload).
+    /// `READY=1`: serving (at start, and at the end of every reload). `MAINPID` names this
+    /// process, which is what a service manager needs from the successor of a binary upgrade.
     pub(crate) fn ready(&self, status: &str) {
-        self.send(&format!("READY=1\nSTATUS={status}\n"));
+        self.send(&format!(
+            "READY=1\nSTATUS={status}\nMAINPID={}\n",
+            std::process::id()
+        ));
     }
 
     /// `RELOADING=1` with the monotonic time the reload started at.
@@ -154,7 +158,10 @@ mod tests {
         let mut buf = [0u8; 512];
         notifier.ready("serving");
         let n = receiver.recv(&mut buf).unwrap();
-        assert_eq!(&buf[..n], b"READY=1\nSTATUS=serving\n");
+        assert_eq!(
+            std::str::from_utf8(&buf[..n]).unwrap(),
+            format!("READY=1\nSTATUS=serving\nMAINPID={}\n", std::process::id())
+        );
         notifier.reloading();
         let n = receiver.recv(&mut buf).unwrap();
         let text = std::str::from_utf8(&buf[..n]).unwrap();

@@ -53,6 +53,10 @@ async fn ready_reloading_and_stopping_are_reported_in_order() {
     assert_eq!(field(&ready, "READY"), Some("1"), "{ready}");
     let status = field(&ready, "STATUS").unwrap();
     assert!(status.contains("generation 1"), "{ready}");
+    assert_eq!(
+        field(&ready, "MAINPID"),
+        Some(sluice.child.id().to_string().as_str())
+    );
     assert_eq!(common::landed(sluice.addr, &[]).await, "one");
 
     // A reload that applies: RELOADING=1 stamped with the time it started, then READY=1.

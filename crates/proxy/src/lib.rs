@@ -33,6 +33,7 @@ mod stats;
 mod status;
 mod stream;
 mod tunnels;
+mod upgrade;
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -107,6 +108,11 @@ impl BoundListener {
     pub fn local_addr(&self) -> std::io::Result<SocketAddr> {
         self.listener.local_addr()
     }
+
+    /// A second descriptor of the same listening socket.
+    pub(crate) fn try_clone_fd(&self) -> std::io::Result<std::os::fd::OwnedFd> {
+        std::os::fd::AsFd::as_fd(&self.listener).try_clone_to_owned()
+    }
 }
 
 /// State shared by the accept loops and every connection.
@@ -132,6 +138,8 @@ pub(crate) struct Shared {
     pub(crate) control: tokio::sync::Mutex<Control>,
     /// Whether the server accepts new connections (false before `run` and from shutdown on).
     pub(crate) ready: AtomicBool,
+    /// Woken when `run` starts accepting.
+    pub(crate) started_accepting: tokio::sync::Notify,
     pub(crate) stats: Stats,
     pub(crate) reloads: ReloadStats,
     pub(crate) next_conn_id: AtomicU64,
@@ -145,6 +153,8 @@ pub(crate) struct Shared {
 pub(crate) struct AdminState {
     bound: Option<TcpListener>,
     addr: Option<SocketAddr>,
+    /// A second descriptor of the serving admin socket, for a successor (`upgrade.rs`).
+    socket: Option<std::os::fd::OwnedFd>,
     stop: Option<CancellationToken>,
 }
 
@@ -184,6 +194,7 @@ impl Server {
                 tasks: TaskTracker::new(),
                 control: tokio::sync::Mutex::new(Control::default()),
                 ready: AtomicBool::new(false),
+                started_accepting: tokio::sync::Notify::new(),
                 stats: Stats::default(),
                 reloads: ReloadStats::default(),
                 next_conn_id: AtomicU64::new(1),
@@ -195,16 +206,29 @@ impl Server {
 
     /// Binds every configured listener, in configuration order, and the admin listener.
     pub async fn bind(&self) -> Result<Vec<BoundListener>, ProxyError> {
+        self.bind_with(|_, _| None)
+    }
+
+    /// [`Server::bind`], taking a listener's socket from `inherited(name, configured address)`
+    /// when it has one (a socket handed over by a predecessor) and binding it otherwise.
+    pub(crate) fn bind_with(
+        &self,
+        mut inherited: impl FnMut(&str, SocketAddr) -> Option<TcpListener>,
+    ) -> Result<Vec<BoundListener>, ProxyError> {
         let snapshot = self.shared.snapshot.load_full();
         if !snapshot.tls_errors().is_empty() {
             return Err(ProxyError::Tls(snapshot.tls_errors().to_vec()));
         }
+        let mut bind = |name: &str, addr: SocketAddr| match inherited(name, addr) {
+            Some(listener) => Ok(BoundListener::new(name, listener)),
+            None => accept::bind_named(name, addr),
+        };
         let mut bound = Vec::with_capacity(snapshot.config().listeners.len());
         for listener in &snapshot.config().listeners {
-            bound.push(accept::bind_listener(listener)?);
+            bound.push(bind(&listener.name, listener.listen)?);
         }
         if let Some(admin) = &snapshot.config().admin {
-            let listener = accept::bind_named("admin", admin.listen)?;
+            let listener = bind("admin", admin.listen)?;
             let mut state = self.admin_state();
             state.addr = listener.local_addr().ok();
             state.bound = Some(listener.listener);
@@ -331,9 +355,13 @@ impl Server {
             }
             health::snapshot_live(&mut control.health, None, &snapshot);
             self.shared.ready.store(true, Ordering::Relaxed);
+            self.shared.started_accepting.notify_waiters();
             sluice_metrics::global::ready(true);
             let mut admin = self.admin_state();
             if let Some(listener) = admin.bound.take() {
+                admin.socket = std::os::fd::AsFd::as_fd(&listener)
+                    .try_clone_to_owned()
+                    .ok();
                 let stop = CancellationToken::new();
                 let token = snapshot
                     .config()

@@ -26,7 +26,7 @@ use sluice_balance::Backend;
 use sluice_config::{Config, ConfigErrors};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
-use tracing::{error, info};
+use tracing::{error, info, warn};
 
 use crate::snapshot::Snapshot;
 use crate::{BindError, BoundListener, Server, Shared, accept};
@@ -101,6 +101,8 @@ struct RunningListener {
     configured: SocketAddr,
     /// The address bound.
     local: SocketAddr,
+    /// A second descriptor of the listening socket, for a successor (`upgrade.rs`).
+    socket: Option<std::os::fd::OwnedFd>,
     stop: CancellationToken,
     task: JoinHandle<()>,
 }
@@ -131,6 +133,13 @@ impl Control {
         configured: SocketAddr,
     ) {
         let local = listener.local_addr().unwrap_or(configured);
+        let socket = match listener.try_clone_fd() {
+            Ok(fd) => Some(fd),
+            Err(error) => {
+                warn!(listener = %listener.name(), %error, "cannot keep a copy of the listening socket: an upgrade will bind it anew");
+                None
+            }
+        };
         let stop = CancellationToken::new();
         info!(listener = %listener.name(), addr = %local, "listening");
         let name = listener.name().to_owned();
@@ -145,6 +154,7 @@ impl Control {
             RunningListener {
                 configured,
                 local,
+                socket,
                 stop,
                 task,
             },
@@ -155,6 +165,24 @@ impl Control {
         self.listeners
             .iter()
             .map(|(name, l)| (name.clone(), l.local))
+            .collect()
+    }
+
+    /// Copies of the running listeners' sockets, for a successor.
+    pub(crate) fn listening_sockets(
+        &self,
+    ) -> Vec<(sluice_handoff::ListenerMeta, std::os::fd::OwnedFd)> {
+        self.listeners
+            .iter()
+            .filter_map(|(name, l)| {
+                let fd = l.socket.as_ref()?.try_clone().ok()?;
+                let meta = sluice_handoff::ListenerMeta {
+                    name: name.clone(),
+                    configured: l.configured,
+                    bound: l.local,
+                };
+                Some((meta, fd))
+            })
             .collect()
     }
 

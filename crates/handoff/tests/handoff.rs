@@ -1,0 +1,231 @@
+//! The handoff conversation between two real sockets: listening TCP sockets cross over, a
+//! connection queued before the handoff is accepted after it, and every failure leaves the
+//! predecessor whole.
+#![allow(clippy::unwrap_used)]
+
+use std::io::{Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::os::fd::{AsFd, OwnedFd};
+use std::path::PathBuf;
+use std::time::Duration;
+
+use sluice_handoff::{
+    Channel, Endpoint, HandoffError, ListenerMeta, Message, hand_over, refuse, take_over,
+};
+
+const TIMEOUT: Duration = Duration::from_secs(10);
+
+fn socket_path(name: &str) -> PathBuf {
+    static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+    let dir = std::env::temp_dir().join(format!(
+        "sluice-handoff-{}-{}",
+        std::process::id(),
+        NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+    ));
+    std::fs::create_dir_all(&dir).unwrap();
+    dir.join(name)
+}
+
+fn meta(name: &str, listener: &TcpListener) -> ListenerMeta {
+    ListenerMeta {
+        name: name.into(),
+        configured: "127.0.0.1:0".parse().unwrap(),
+        bound: listener.local_addr().unwrap(),
+    }
+}
+
+/// Accepts one successor on `endpoint` (on the runtime) and runs `side` on a blocking thread.
+async fn predecessor<T: Send + 'static>(
+    endpoint: &Endpoint,
+    side: impl FnOnce(Channel) -> T + Send + 'static,
+) -> T {
+    let channel = endpoint.accept(TIMEOUT).await.unwrap();
+    tokio::task::spawn_blocking(move || side(channel))
+        .await
+        .unwrap()
+}
+
+#[tokio::test]
+async fn listeners_cross_over_and_a_queued_connection_is_accepted_by_the_successor() {
+    let path = socket_path("handoff.sock");
+    let endpoint = Endpoint::bind(&path).unwrap();
+    let ws = TcpListener::bind("127.0.0.1:0").unwrap();
+    let admin = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = ws.local_addr().unwrap();
+    // A client connects before the handoff and is never accepted by the predecessor.
+    let mut early = TcpStream::connect(addr).unwrap();
+    early.write_all(b"queued").unwrap();
+
+    let metas = vec![meta("ws", &ws), meta("admin", &admin)];
+    let endpoint_fd = endpoint.as_fd().try_clone_to_owned().unwrap();
+    let successor_path = path.clone();
+    let successor = std::thread::spawn(move || {
+        let inheritance = take_over(&successor_path, TIMEOUT).unwrap();
+        assert_eq!(inheritance.predecessor, std::process::id());
+        let names: Vec<_> = inheritance
+            .listeners
+            .iter()
+            .map(|(m, _)| m.name.clone())
+            .collect();
+        assert_eq!(names, ["ws", "admin"]);
+        let (meta, fd) = inheritance.listeners.into_iter().next().unwrap();
+        let inherited = TcpListener::from(fd);
+        assert_eq!(inherited.local_addr().unwrap(), meta.bound);
+        let (mut conn, _) = inherited.accept().unwrap();
+        let mut got = [0; 6];
+        conn.read_exact(&mut got).unwrap();
+        assert_eq!(&got, b"queued");
+        conn.write_all(b"served by the successor").unwrap();
+        inheritance.endpoint
+    });
+    let handover = {
+        let fds: Vec<(ListenerMeta, OwnedFd)> = metas
+            .into_iter()
+            .zip([
+                ws.as_fd().try_clone_to_owned().unwrap(),
+                admin.as_fd().try_clone_to_owned().unwrap(),
+            ])
+            .collect();
+        predecessor(&endpoint, move |channel| {
+            let borrowed: Vec<_> = fds.iter().map(|(m, fd)| (m.clone(), fd.as_fd())).collect();
+            hand_over(channel, &borrowed, endpoint_fd.as_fd(), TIMEOUT)
+        })
+        .await
+    };
+    // take_over returned and the thread ended: it never said Ready, so hand_over fails.
+    let endpoint_copy = successor.join().unwrap();
+    assert!(
+        matches!(handover, Err(HandoffError::Closed)),
+        "{handover:?}"
+    );
+    let mut answer = String::new();
+    early.read_to_string(&mut answer).unwrap();
+    assert_eq!(answer, "served by the successor");
+    // The predecessor lost nothing: it still accepts on its own listener.
+    let _late = TcpStream::connect(addr).unwrap();
+    let (_conn, _) = ws.accept().unwrap();
+    drop(endpoint_copy);
+}
+
+#[tokio::test]
+async fn ready_and_done_complete_the_handover() {
+    let path = socket_path("handoff.sock");
+    let endpoint = Endpoint::bind(&path).unwrap();
+    let ws = TcpListener::bind("127.0.0.1:0").unwrap();
+    let ws_fd = ws.as_fd().try_clone_to_owned().unwrap();
+    let endpoint_fd = endpoint.as_fd().try_clone_to_owned().unwrap();
+    let metas = [meta("ws", &ws)];
+    let successor_path = path.clone();
+    let successor = std::thread::spawn(move || {
+        let inheritance = take_over(&successor_path, TIMEOUT).unwrap();
+        let endpoint = inheritance.endpoint.try_clone().unwrap();
+        (inheritance.ready().unwrap(), endpoint)
+    });
+    let handover = predecessor(&endpoint, move |channel| {
+        let borrowed = [(metas[0].clone(), ws_fd.as_fd())];
+        hand_over(channel, &borrowed, endpoint_fd.as_fd(), TIMEOUT)
+    })
+    .await
+    .unwrap();
+    handover.done(3).unwrap();
+    let (kept, endpoint_fd) = successor.join().unwrap();
+    assert_eq!(kept, 3);
+
+    // The successor's copy of the endpoint is the same socket: once the predecessor closed its
+    // own, a third process reaches the successor at the same path.
+    drop(endpoint);
+    let adopted = Endpoint::adopt(endpoint_fd, &path).unwrap();
+    let third_path = path.clone();
+    let third = std::thread::spawn(move || take_over(&third_path, TIMEOUT));
+    let channel = adopted.accept(TIMEOUT).await.unwrap();
+    tokio::task::spawn_blocking(move || refuse(channel, "a handoff is under way"))
+        .await
+        .unwrap();
+    match third.join().unwrap() {
+        Err(HandoffError::Refused(reason)) => assert_eq!(reason, "a handoff is under way"),
+        other => panic!("{other:?}"),
+    }
+    adopted.remove();
+    assert!(!path.exists());
+}
+
+#[tokio::test]
+async fn another_protocol_version_is_refused_and_told_why() {
+    let path = socket_path("handoff.sock");
+    let endpoint = Endpoint::bind(&path).unwrap();
+    let successor_path = path.clone();
+    let successor = std::thread::spawn(move || {
+        let channel = Channel::connect(&successor_path, TIMEOUT).unwrap();
+        let hello = Message::Hello {
+            version: 99,
+            pid: std::process::id(),
+            release: "9.9.9".into(),
+        };
+        channel.send(&hello, &[]).unwrap();
+        channel.expect("hello").unwrap_err()
+    });
+    let endpoint_fd = endpoint.as_fd().try_clone_to_owned().unwrap();
+    let result = predecessor(&endpoint, move |channel| {
+        hand_over(channel, &[], endpoint_fd.as_fd(), TIMEOUT).map(|_| ())
+    })
+    .await;
+    assert!(
+        matches!(result, Err(HandoffError::Version { theirs: 99 })),
+        "{result:?}"
+    );
+    match successor.join().unwrap() {
+        HandoffError::Refused(reason) => assert!(reason.contains("not 99"), "{reason}"),
+        other => panic!("{other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn a_silent_successor_times_out_and_a_wrong_descriptor_count_is_refused() {
+    let path = socket_path("handoff.sock");
+    let endpoint = Endpoint::bind(&path).unwrap();
+    let successor_path = path.clone();
+    let successor = std::thread::spawn(move || {
+        let channel = Channel::connect(&successor_path, TIMEOUT).unwrap();
+        // Says nothing until the predecessor gave up.
+        channel.recv().unwrap_err()
+    });
+    let result = predecessor(&endpoint, |channel| {
+        channel.set_timeout(Duration::from_millis(200)).unwrap();
+        channel.expect("hello").map(|_| ())
+    })
+    .await;
+    match result {
+        Err(HandoffError::Io { source, .. }) => {
+            assert_eq!(source.kind(), std::io::ErrorKind::TimedOut);
+        }
+        other => panic!("{other:?}"),
+    }
+    assert!(matches!(successor.join().unwrap(), HandoffError::Closed));
+
+    let channel = std::thread::spawn({
+        let path = path.clone();
+        move || Channel::connect(&path, TIMEOUT).unwrap()
+    });
+    let accepted = endpoint.accept(TIMEOUT).await.unwrap();
+    let channel = channel.join().unwrap();
+    let error = channel.send(&Message::Endpoint, &[]).unwrap_err();
+    assert!(matches!(error, HandoffError::TooLarge(_)), "{error:?}");
+    drop(accepted);
+}
+
+#[tokio::test]
+async fn a_live_endpoint_is_in_use_and_a_stale_one_is_replaced() {
+    let path = socket_path("handoff.sock");
+    let endpoint = Endpoint::bind(&path).unwrap();
+    assert!(matches!(Endpoint::bind(&path), Err(HandoffError::InUse(_))));
+    let mode = std::fs::metadata(&path).unwrap();
+    assert_eq!(
+        std::os::unix::fs::PermissionsExt::mode(&mode.permissions()) & 0o777,
+        0o600
+    );
+    drop(endpoint);
+    // The file is left behind by a process that died; the next bind replaces it.
+    assert!(path.exists());
+    let again = Endpoint::bind(&path).unwrap();
+    again.remove();
+}

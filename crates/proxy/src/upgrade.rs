@@ -1,0 +1,180 @@
+//! Binary upgrade, the server's side: what a predecessor hands over, and how a successor takes
+//! it (the conversation itself is `sluice-handoff`'s).
+//!
+//! A predecessor hands over every running listener's socket and the admin listener's, then
+//! stops accepting and drains like a shutdown: its connections end there. A successor adopts
+//! each inherited socket whose listener name and configured address match its own
+//! configuration and binds the rest; an inherited socket it has no use for is closed (the
+//! predecessor's copy closes with it, and with that the socket).
+
+use std::net::SocketAddr;
+use std::os::fd::{AsFd, OwnedFd};
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use sluice_handoff::{Endpoint, HandoffError, ListenerMeta};
+use tokio::net::TcpListener;
+use tracing::{info, warn};
+
+use crate::{BoundListener, ProxyError, Server};
+
+/// How long each step of the conversation may take.
+const STEP_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// How long a successor may take between receiving the sockets and accepting on them (it
+/// loads certificates, binds new listeners, starts health checks).
+const READY_WITHIN: Duration = Duration::from_secs(30);
+
+impl Server {
+    /// Binds like [`Server::bind`], adopting the `inherited` sockets of a predecessor where a
+    /// configured listener (or the admin listener, named `admin`) has the same name and
+    /// configured address.
+    pub async fn bind_inherited(
+        &self,
+        inherited: Vec<(ListenerMeta, OwnedFd)>,
+    ) -> Result<Vec<BoundListener>, ProxyError> {
+        let mut inherited: Vec<Option<(ListenerMeta, OwnedFd)>> =
+            inherited.into_iter().map(Some).collect();
+        let bound = self.bind_with(|name, configured| {
+            let (meta, fd) = inherited
+                .iter_mut()
+                .find(|i| {
+                    i.as_ref()
+                        .is_some_and(|(m, _)| m.name == name && m.configured == configured)
+                })?
+                .take()?;
+            match adopt(fd) {
+                Ok(listener) => {
+                    info!(listener = %name, addr = %meta.bound, "listening socket taken over");
+                    Some(listener)
+                }
+                Err(error) => {
+                    warn!(listener = %name, %error, "cannot use the inherited socket: binding anew");
+                    None
+                }
+            }
+        })?;
+        for (meta, _) in inherited.into_iter().flatten() {
+            info!(listener = %meta.name, addr = %meta.bound, "inherited listener not configured here: closed");
+        }
+        Ok(bound)
+    }
+
+    /// Resolves once [`Server::run`] accepts on every listener.
+    pub async fn accepting(&self) {
+        loop {
+            let started = self.shared.started_accepting.notified();
+            if self.is_ready() {
+                return;
+            }
+            started.await;
+        }
+    }
+
+    /// Serves upgrade requests on `endpoint` until one succeeds, then returns: from then on
+    /// this server no longer accepts (its successor does), and the caller shuts it down to
+    /// drain what it still serves. A failed upgrade changes nothing here and the wait goes on.
+    pub async fn serve_upgrades(&self, endpoint: Endpoint) {
+        info!(socket = %endpoint.path().display(), "accepting binary upgrades");
+        loop {
+            let channel = match endpoint.accept(STEP_TIMEOUT).await {
+                Ok(channel) => channel,
+                Err(error) => {
+                    warn!(%error, "upgrade request failed");
+                    // A persistent accept error (e.g. out of descriptors) must not spin.
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    continue;
+                }
+            };
+            // The control lock keeps reloads and shutdown out until the successor is
+            // accepting or gone: the sockets handed over are the ones that run.
+            let mut control = self.shared.control.lock().await;
+            if !self.is_ready() {
+                drop(control);
+                let _ = tokio::task::spawn_blocking(move || {
+                    sluice_handoff::refuse(channel, "that sluice is shutting down")
+                })
+                .await;
+                continue;
+            }
+            let mut sockets = control.listening_sockets();
+            if let Some(admin) = self.admin_socket() {
+                sockets.push(admin);
+            }
+            let endpoint_fd = match endpoint.as_fd().try_clone_to_owned() {
+                Ok(fd) => fd,
+                Err(error) => {
+                    warn!(%error, "upgrade refused: cannot copy the upgrade socket");
+                    continue;
+                }
+            };
+            let handed = tokio::task::spawn_blocking(move || {
+                let borrowed: Vec<_> = sockets
+                    .iter()
+                    .map(|(meta, fd)| (meta.clone(), fd.as_fd()))
+                    .collect();
+                sluice_handoff::hand_over(channel, &borrowed, endpoint_fd.as_fd(), READY_WITHIN)
+            })
+            .await
+            .unwrap_or_else(|panic| {
+                Err(HandoffError::Malformed(format!("handoff thread: {panic}")))
+            });
+            let handover = match handed {
+                Ok(handover) => handover,
+                Err(error) => {
+                    warn!(%error, "upgrade failed: this process keeps serving");
+                    continue;
+                }
+            };
+            // The successor accepts on the same sockets: stop accepting here.
+            control.stop_all_listeners().await;
+            {
+                let mut admin = self.admin_state();
+                admin.socket = None;
+                if let Some(stop) = admin.stop.take() {
+                    stop.cancel();
+                }
+            }
+            self.shared.ready.store(false, Ordering::Relaxed);
+            drop(control);
+            let kept = self.stats().connections_active();
+            let successor = handover.successor;
+            if let Err(error) = tokio::task::spawn_blocking(move || handover.done(kept))
+                .await
+                .unwrap_or(Err(HandoffError::Closed))
+            {
+                warn!(%error, successor, "the successor did not hear that this process stopped accepting");
+            }
+            info!(
+                successor,
+                kept, "upgraded: the successor accepts; draining what is left here"
+            );
+            return;
+        }
+    }
+
+    /// A copy of the admin listener's socket, while it serves.
+    fn admin_socket(&self) -> Option<(ListenerMeta, OwnedFd)> {
+        let state = self.admin_state();
+        let fd = state.socket.as_ref()?.try_clone().ok()?;
+        let bound = state.addr?;
+        let configured = self.snapshot().config().admin.as_ref()?.listen;
+        Some((
+            ListenerMeta {
+                name: "admin".into(),
+                configured,
+                bound,
+            },
+            fd,
+        ))
+    }
+}
+
+/// A listening socket received from a predecessor, for tokio.
+fn adopt(fd: OwnedFd) -> std::io::Result<TcpListener> {
+    let listener = std::net::TcpListener::from(fd);
+    // A descriptor that is not a listening TCP socket fails here, not in the accept loop.
+    let _: SocketAddr = listener.local_addr()?;
+    listener.set_nonblocking(true)?;
+    TcpListener::from_std(listener)
+}
