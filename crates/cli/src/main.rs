@@ -192,15 +192,20 @@ fn run(
         };
         // `run` polls the shutdown future for the first time once every listener accepts and
         // the admin listener serves: the moment to say READY=1.
+        let handed = &handed_over;
         let served = {
             let server = server.clone();
             async move {
                 notifier.ready(&serving_status(&server, ""));
                 shutdown.await;
-                notifier.stopping(&format!(
-                    "shutting down: draining {} tunnels",
-                    server.live_tunnels()
-                ));
+                // After a handover the successor is the service (it sent READY=1 with its
+                // MAINPID): STOPPING=1 from here would tell the manager the service is ending.
+                if !handed.get() {
+                    notifier.stopping(&format!(
+                        "shutting down: draining {} tunnels",
+                        server.live_tunnels()
+                    ));
+                }
             }
         };
         server.run(listeners, served).await?;

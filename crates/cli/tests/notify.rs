@@ -129,3 +129,50 @@ async fn a_notify_socket_nobody_listens_on_is_logged_once_and_changes_nothing() 
         .count();
     assert_eq!(warnings, 1, "{log:#?}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn after_a_binary_upgrade_the_successor_announces_itself_and_the_predecessor_never_stops_the_service()
+ {
+    let backend = EchoBackend::spawn_named("b").await;
+    let path = temp_file("sluice.toml", &config(&[backend.addr()]));
+    let socket_path = path.with_file_name("notify.sock");
+    let upgrade = path.with_file_name("upgrade.sock");
+    let upgrade = upgrade.to_str().unwrap();
+    let socket = UnixDatagram::bind(&socket_path).unwrap();
+    let env = [("NOTIFY_SOCKET", socket_path.to_str().unwrap())];
+
+    let first = Sluice::start_with_env(&path, &["--upgrade-socket", upgrade], &env).await;
+    let ready = next(&socket).await;
+    let first_pid = first.child.id().to_string();
+    assert_eq!(
+        field(&ready, "MAINPID"),
+        Some(first_pid.as_str()),
+        "{ready}"
+    );
+
+    let second = Sluice::start_with_env(&path, &["--upgrade-from", upgrade], &env).await;
+    let ready = next(&socket).await;
+    let second_pid = second.child.id().to_string();
+    assert_eq!(field(&ready, "READY"), Some("1"), "{ready}");
+    assert_eq!(
+        field(&ready, "MAINPID"),
+        Some(second_pid.as_str()),
+        "{ready}"
+    );
+
+    // The predecessor drains (nothing to drain here) and exits by itself; then the successor
+    // is stopped. Every sender is gone: what the socket holds now is all that was sent.
+    let (status, _) = first.exit(Duration::from_secs(60)).await;
+    assert_eq!(status.code(), Some(0));
+    assert_eq!(second.stop().await.code(), Some(0));
+    let stopping = next(&socket).await;
+    assert_eq!(field(&stopping, "STOPPING"), Some("1"), "{stopping}");
+    let mut buf = [0u8; 4096];
+    match socket.try_recv(&mut buf) {
+        Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+        other => panic!(
+            "one STOPPING=1 only (the successor's), then nothing: {:?}",
+            other.map(|n| String::from_utf8_lossy(&buf[..n]).into_owned())
+        ),
+    }
+}
