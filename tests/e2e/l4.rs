@@ -390,7 +390,12 @@ async fn tcp_relays_through_splice() {
 #[tokio::test]
 async fn tcp_sends_proxy_v2_to_the_backend() {
     let backend = EchoBackend::spawn().await;
-    let proxy = Proxy::start(&tcp_config(&[backend.addr()], "", "proxy_protocol = true")).await;
+    let proxy = Proxy::start(&tcp_config(
+        &[backend.addr()],
+        "send_proxy_protocol = \"v2\"",
+        "",
+    ))
+    .await;
     let tcp = TcpStream::connect(proxy.addr()).await.unwrap();
     let client = tcp.local_addr().unwrap();
     let (mut ws, _) = ws_handshake(tcp, "raw", "/", &[]).await.unwrap();

@@ -6,10 +6,12 @@
 
 mod admin;
 mod backends;
+mod client_addr;
 mod health;
 mod hostile;
 mod http;
 mod l4;
+mod limits;
 mod relay;
 mod reload;
 mod routing;

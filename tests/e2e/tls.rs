@@ -17,7 +17,7 @@ use crate::SOON;
 use crate::l4::{TestCert, connector};
 
 /// A fresh directory for this test's PEM files.
-fn temp_dir() -> PathBuf {
+pub(crate) fn temp_dir() -> PathBuf {
     static NEXT: AtomicUsize = AtomicUsize::new(0);
     let dir = std::env::temp_dir().join(format!(
         "sluice-tls-{}-{}",
@@ -29,7 +29,7 @@ fn temp_dir() -> PathBuf {
 }
 
 /// Writes the certificate and key as `NAME.pem` and `NAME.key`; returns the TOML entry.
-fn write_cert(dir: &std::path::Path, name: &str, cert: &TestCert) -> String {
+pub(crate) fn write_cert(dir: &std::path::Path, name: &str, cert: &TestCert) -> String {
     let (cert_path, key_path) = (
         dir.join(format!("{name}.pem")),
         dir.join(format!("{name}.key")),

@@ -275,6 +275,8 @@ pub(crate) mod tests {
             slow_start: None,
             idle_connections: 0,
             idle_timeout: std::time::Duration::from_secs(4),
+            send_proxy_protocol: None,
+            max_connections_per_backend: None,
         }
     }
 

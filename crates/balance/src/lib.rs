@@ -119,6 +119,19 @@ impl Backend {
         self.draining.store(draining, Ordering::Relaxed);
     }
 
+    /// Count one more live connection if that keeps it at most `max`; `None` when it is full.
+    /// Exact under concurrency (compare and swap): `max` is never exceeded.
+    pub fn try_acquire(self: &Arc<Self>, max: usize) -> Option<BackendGuard> {
+        self.active
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| {
+                (n < max).then_some(n + 1)
+            })
+            .ok()?;
+        Some(BackendGuard {
+            backend: Arc::clone(self),
+        })
+    }
+
     /// Count one more live connection until the guard is dropped.
     pub fn acquire(self: &Arc<Self>) -> BackendGuard {
         self.active.fetch_add(1, Ordering::Relaxed);
@@ -178,6 +191,12 @@ pub struct Pool {
     outlier: Option<OutlierPolicy>,
     /// The slow-start window (copied onto each backend).
     slow_start: Option<Duration>,
+    /// Most live connections per backend (`max_connections_per_backend`); a full backend is
+    /// skipped like a down one.
+    max_per_backend: Option<usize>,
+    /// The PROXY header version the proxy sends to these backends (health checks send
+    /// `LOCAL` ones), if any.
+    send_proxy_protocol: Option<sluice_config::ProxyVersion>,
 }
 
 impl Pool {
@@ -213,7 +232,9 @@ impl Pool {
             config.health_check.clone(),
             config.outlier.map(OutlierPolicy::from),
             config.slow_start,
-        );
+        )
+        .with_max_per_backend(config.max_connections_per_backend)
+        .with_send_proxy_protocol(config.send_proxy_protocol);
         let pool = match &config.hash {
             Some(policy) => pool.with_hash(policy.clone()),
             None => pool,
@@ -249,7 +270,35 @@ impl Pool {
             health_check: None,
             outlier: None,
             slow_start: None,
+            max_per_backend: None,
+            send_proxy_protocol: None,
         }
+    }
+
+    /// Caps every backend at `max` live connections (`None`: no cap). A full backend is not a
+    /// candidate: the picker moves on as for a down one (a hashed key to its next choice).
+    pub fn with_max_per_backend(mut self, max: Option<usize>) -> Self {
+        self.max_per_backend = max;
+        self
+    }
+
+    /// Records that connections to these backends open with a PROXY header of this version.
+    pub fn with_send_proxy_protocol(
+        mut self,
+        version: Option<sluice_config::ProxyVersion>,
+    ) -> Self {
+        self.send_proxy_protocol = version;
+        self
+    }
+
+    /// The PROXY header version connections to these backends open with, if any.
+    pub fn send_proxy_protocol(&self) -> Option<sluice_config::ProxyVersion> {
+        self.send_proxy_protocol
+    }
+
+    /// The cap on live connections per backend, if any.
+    pub fn max_per_backend(&self) -> Option<usize> {
+        self.max_per_backend
     }
 
     /// Sets how the pool judges its backends: active checks (run by `sluice-health`), passive
@@ -401,6 +450,7 @@ impl Pool {
             pool: self,
             tried: Vec::new(),
             start: self.cursor.fetch_add(1, Ordering::Relaxed),
+            full: Vec::new(),
             presented,
             key_hash,
             last: None,
@@ -424,6 +474,9 @@ pub struct Picker<'a> {
     pool: &'a Pool,
     /// Indices of backends already handed out (a handful at most).
     tried: Vec<usize>,
+    /// Backends found full when taking them (a race with another connection): skipped without
+    /// using an attempt.
+    full: Vec<usize>,
     /// Where this connection starts in the round-robin schedule, or the tie-break rotation.
     start: usize,
     /// The backend whose token the client presented, if any (available or not).
@@ -443,10 +496,24 @@ impl<'a> Picker<'a> {
         if self.tried.len() >= self.pool.connect_attempts as usize {
             return None;
         }
-        let (index, placement) = self.choose()?;
-        self.tried.push(index);
-        self.last = Some((index, placement));
-        self.pool.backends.get(index).map(Backend::acquire)
+        loop {
+            let (index, placement) = self.choose()?;
+            let backend = self.pool.backends.get(index)?;
+            let guard = match self.pool.max_per_backend {
+                None => backend.acquire(),
+                Some(max) => match backend.try_acquire(max) {
+                    Some(guard) => guard,
+                    None => {
+                        // Filled since `choose` looked: another candidate, same attempt.
+                        self.full.push(index);
+                        continue;
+                    }
+                },
+            };
+            self.tried.push(index);
+            self.last = Some((index, placement));
+            return Some(guard);
+        }
     }
 
     /// After a successful connect to the backend handed out last: the cookie value to set, when
@@ -473,11 +540,11 @@ impl<'a> Picker<'a> {
 
     fn eligible(&self, index: usize) -> bool {
         !self.tried.contains(&index)
-            && self
-                .pool
-                .backends
-                .get(index)
-                .is_some_and(|b| b.is_available_ms(self.now))
+            && !self.full.contains(&index)
+            && self.pool.backends.get(index).is_some_and(|b| {
+                b.is_available_ms(self.now)
+                    && self.pool.max_per_backend.is_none_or(|max| b.active() < max)
+            })
     }
 
     /// A backend's ramp (fixed point, `health::RAMP_ONE` = 1) at the time of the choice.
@@ -703,6 +770,52 @@ mod tests {
     }
 
     #[test]
+    fn full_backends_are_skipped_and_none_left_when_all_are_full() {
+        for balance in [Balance::RoundRobin, Balance::LeastConn, Balance::RandomTwo] {
+            let p = pool(balance, &[1, 1], 2).with_max_per_backend(Some(2));
+            let held: Vec<_> = (0..4).map(|_| p.picker().next_backend().unwrap()).collect();
+            let counts: Vec<usize> = p.backends().iter().map(|b| b.active()).collect();
+            assert_eq!(counts, vec![2, 2], "{balance:?}");
+            assert!(p.picker().next_backend().is_none(), "{balance:?}: all full");
+            drop(held);
+            assert!(p.picker().next_backend().is_some());
+        }
+    }
+
+    #[test]
+    fn try_acquire_never_exceeds_the_cap() {
+        let b = Arc::new(Backend::new(addr(9000), 1));
+        let a = b.try_acquire(2).unwrap();
+        let _c = b.try_acquire(2).unwrap();
+        assert!(b.try_acquire(2).is_none());
+        assert_eq!(b.active(), 2);
+        drop(a);
+        assert!(b.try_acquire(2).is_some());
+    }
+
+    #[test]
+    fn hashed_keys_whose_backend_is_full_go_to_their_next_choice() {
+        let mut p = pool(Balance::Hash, &[1, 1, 1], 3).with_max_per_backend(Some(1));
+        p.balance_factor = None;
+        let key = b"session-42".as_slice();
+        let affinity = Affinity {
+            cookie: None,
+            key: Some(key),
+        };
+        let first = p.picker_for(affinity).next_backend().unwrap();
+        let mut order = p.picker_for(affinity);
+        // With the first choice full, the key goes to the second of its own order: the same
+        // one a fresh picker tries after the first.
+        let second = order.next_backend().unwrap();
+        assert_ne!(first.addr(), second.addr());
+        let mut unbounded = pool(Balance::Hash, &[1, 1, 1], 3);
+        unbounded.balance_factor = None;
+        let mut fresh = unbounded.picker_for(affinity);
+        assert_eq!(fresh.next_backend().unwrap().addr(), first.addr());
+        assert_eq!(fresh.next_backend().unwrap().addr(), second.addr());
+    }
+
+    #[test]
     fn reload_keeps_identity_of_backends_that_stay() {
         let config = |ports: &[u16]| sluice_config::Pool {
             name: "p".into(),
@@ -724,6 +837,8 @@ mod tests {
             slow_start: None,
             idle_connections: 0,
             idle_timeout: std::time::Duration::from_secs(4),
+            send_proxy_protocol: None,
+            max_connections_per_backend: None,
         };
         let old = Pool::from_config(&config(&[1, 2]), |_| None);
         let _live = old.backends()[1].acquire();

@@ -8,7 +8,8 @@ use std::ops::RangeInclusive;
 use std::time::Duration;
 
 use crate::model::{
-    Balance, Jitter, Limits, ListenerMode, Relay, RelayMode, SameSite, StatusRange, Timeouts,
+    Balance, Jitter, Limits, ListenerMode, PerSourceLimits, Relay, RelayMode, SameSite,
+    StatusRange, Timeouts,
 };
 
 const KIB: usize = 1024;
@@ -23,6 +24,12 @@ pub const UNKNOWN_HOST_STATUS: u16 = 404;
 /// The statuses `unknown_host_status` may take: Not Found, Misdirected Request.
 pub const UNKNOWN_HOST_STATUSES: [u16; 2] = [404, 421];
 // `trusted_proxies` defaults to empty: nobody's X-Forwarded-For is trusted.
+// `accept_proxy_protocol` defaults to absent: no PROXY header is expected.
+/// A listener's `max_connections`: none of its own.
+pub const LISTENER_MAX_CONNECTIONS: Option<usize> = None;
+/// The largest PROXY protocol header accepted, in bytes: a v1 line is at most 107; a v2 header
+/// is 16 bytes plus addresses and TLVs (cloud load balancers add a few dozen bytes of TLVs).
+pub const PROXY_HEADER_MAX_BYTES: usize = 4096;
 
 // [pools.NAME]
 
@@ -57,6 +64,12 @@ pub const HASH_BALANCE_FACTOR: Option<f64> = Some(1.5);
 pub const HASH_BALANCE_FACTOR_ABOVE: f64 = 1.0;
 /// … and at most this (far beyond, the cap never binds: write 0 to turn it off).
 pub const HASH_BALANCE_FACTOR_MAX: f64 = 100.0;
+
+/// `send_proxy_protocol`: no header to backends.
+pub const SEND_PROXY_PROTOCOL: Option<crate::model::ProxyVersion> = None;
+/// `max_connections_per_backend`: no limit.
+pub const MAX_CONNECTIONS_PER_BACKEND: Option<usize> = None;
+pub const MAX_CONNECTIONS_PER_BACKEND_RANGE: RangeInclusive<usize> = 1..=usize::MAX;
 
 // [pools.NAME.health_check]
 
@@ -152,6 +165,38 @@ pub const MAX_BODY_BYTES_RANGE: RangeInclusive<u64> = 0..=u64::MAX;
 pub const MAX_CONNECTIONS: Option<usize> = None;
 pub const MAX_CONNECTIONS_RANGE: RangeInclusive<usize> = 1..=usize::MAX;
 
+// [limits.per_source]
+
+/// `max_connections`: no limit per source.
+pub const PER_SOURCE_MAX_CONNECTIONS: Option<u32> = None;
+pub const PER_SOURCE_MAX_CONNECTIONS_RANGE: RangeInclusive<u32> = 1..=u32::MAX;
+/// `connection_rate`: no limit per source.
+pub const PER_SOURCE_CONNECTION_RATE: Option<f64> = None;
+/// The lowest `connection_rate` accepted (one connection per 1000 s)…
+pub const PER_SOURCE_CONNECTION_RATE_MIN: f64 = 0.001;
+/// … and the highest.
+pub const PER_SOURCE_CONNECTION_RATE_MAX: f64 = 1_000_000.0;
+/// `connection_burst` when absent: the rate rounded up (at least 1), one second's worth.
+pub fn per_source_connection_burst(rate: Option<f64>) -> u32 {
+    rate.map_or(1, |r| {
+        let ceil = r.ceil();
+        if ceil >= 1.0 && ceil <= f64::from(u32::MAX) {
+            ceil as u32
+        } else {
+            1
+        }
+    })
+}
+pub const PER_SOURCE_CONNECTION_BURST_RANGE: RangeInclusive<u32> = 1..=1_000_000;
+/// `ipv4_prefix`: every IPv4 address on its own.
+pub const PER_SOURCE_IPV4_PREFIX: u8 = 32;
+/// `ipv6_prefix`: one /64, the usual allocation of one customer site (nginx and Envoy users key
+/// IPv6 clients the same way), so a client cannot escape its limits by rotating addresses.
+pub const PER_SOURCE_IPV6_PREFIX: u8 = 64;
+/// `table_size`: sources tracked at once.
+pub const PER_SOURCE_TABLE_SIZE: usize = 65_536;
+pub const PER_SOURCE_TABLE_SIZE_RANGE: RangeInclusive<usize> = 16..=16_777_216;
+
 // [relay]
 
 pub const RELAY_MODE: RelayMode = RelayMode::Auto;
@@ -201,6 +246,20 @@ impl Default for Limits {
             max_headers: MAX_HEADERS,
             max_body_bytes: MAX_BODY_BYTES,
             max_connections: MAX_CONNECTIONS,
+        }
+    }
+}
+
+impl Default for PerSourceLimits {
+    fn default() -> Self {
+        PerSourceLimits {
+            max_connections: PER_SOURCE_MAX_CONNECTIONS,
+            connection_rate: PER_SOURCE_CONNECTION_RATE,
+            connection_burst: per_source_connection_burst(PER_SOURCE_CONNECTION_RATE),
+            exempt: Vec::new(),
+            ipv4_prefix: PER_SOURCE_IPV4_PREFIX,
+            ipv6_prefix: PER_SOURCE_IPV6_PREFIX,
+            table_size: PER_SOURCE_TABLE_SIZE,
         }
     }
 }
@@ -301,6 +360,33 @@ mod tests {
         assert_eq!(MAX_HEAD_BYTES_RANGE, 1024..=1_048_576);
         assert_eq!(MAX_HEADERS_RANGE, 1..=1000);
         assert_eq!(MAX_CONNECTIONS_RANGE, 1..=usize::MAX);
+        assert_eq!(LISTENER_MAX_CONNECTIONS, None);
+        assert_eq!(PROXY_HEADER_MAX_BYTES, 4096);
+        assert_eq!(SEND_PROXY_PROTOCOL, None);
+        assert_eq!(MAX_CONNECTIONS_PER_BACKEND, None);
+        assert_eq!(
+            PerSourceLimits::default(),
+            PerSourceLimits {
+                max_connections: None,
+                connection_rate: None,
+                connection_burst: 1,
+                exempt: vec![],
+                ipv4_prefix: 32,
+                ipv6_prefix: 64,
+                table_size: 65_536,
+            }
+        );
+        assert_eq!(per_source_connection_burst(Some(20.0)), 20);
+        assert_eq!(per_source_connection_burst(Some(0.5)), 1);
+        assert_eq!(PER_SOURCE_TABLE_SIZE_RANGE, 16..=16_777_216);
+        assert_eq!(PER_SOURCE_CONNECTION_BURST_RANGE, 1..=1_000_000);
+        assert_eq!(
+            (
+                PER_SOURCE_CONNECTION_RATE_MIN,
+                PER_SOURCE_CONNECTION_RATE_MAX
+            ),
+            (0.001, 1_000_000.0)
+        );
 
         assert_eq!(
             Relay::default(),

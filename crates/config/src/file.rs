@@ -15,8 +15,9 @@ use crate::defaults;
 use crate::health;
 use crate::matchers;
 use crate::model::{
-    Backend, CertificatePaths, Config, HeaderMatch, Limits, Listener, ListenerMode, ListenerTls,
-    Pool, Relay, RelayMode, Route, SniRoute, TcpKeepalive, Timeouts,
+    AcceptProxy, Backend, CertificatePaths, Config, HeaderMatch, Limits, Listener, ListenerMode,
+    ListenerTls, PerSourceLimits, Pool, ProxyVersion, Relay, RelayMode, Route, SniRoute,
+    TcpKeepalive, Timeouts,
 };
 use crate::read::{Item, Keys, Reader, Table, Value, checked, did_you_mean, quoted_list};
 
@@ -43,8 +44,27 @@ const LISTENER: Keys = Keys {
         "pool",
         "default_pool",
         "sni_routes",
-        "proxy_protocol",
+        "accept_proxy_protocol",
+        "max_connections",
         "tls",
+    ],
+    later: &[],
+};
+
+const ACCEPT_PROXY: Keys = Keys {
+    known: &["from"],
+    later: &[],
+};
+
+const PER_SOURCE: Keys = Keys {
+    known: &[
+        "max_connections",
+        "connection_rate",
+        "connection_burst",
+        "exempt",
+        "ipv4_prefix",
+        "ipv6_prefix",
+        "table_size",
     ],
     later: &[],
 };
@@ -65,17 +85,13 @@ const SNI_ROUTE: Keys = Keys {
 };
 
 /// Listener keys that only some modes read, and which.
-const MODE_KEYS: [(&str, &[ListenerMode]); 7] = [
+const MODE_KEYS: [(&str, &[ListenerMode]); 6] = [
     ("tls", &[ListenerMode::Http]),
     ("unknown_host_status", &[ListenerMode::Http]),
     ("trusted_proxies", &[ListenerMode::Http]),
     ("pool", &[ListenerMode::Tcp]),
     ("default_pool", &[ListenerMode::TlsPassthrough]),
     ("sni_routes", &[ListenerMode::TlsPassthrough]),
-    (
-        "proxy_protocol",
-        &[ListenerMode::Tcp, ListenerMode::TlsPassthrough],
-    ),
 ];
 
 const ROUTE: Keys = Keys {
@@ -114,6 +130,8 @@ const POOL: Keys = Keys {
         "slow_start",
         "idle_connections",
         "idle_timeout",
+        "send_proxy_protocol",
+        "max_connections_per_backend",
     ],
     later: &[],
 };
@@ -144,6 +162,7 @@ const LIMITS: Keys = Keys {
         "max_headers",
         "max_body_bytes",
         "max_connections",
+        "per_source",
     ],
     later: &[],
 };
@@ -191,9 +210,9 @@ pub(crate) fn config(r: &mut Reader<'_>, root: &Value<'_>) -> Option<Config> {
         Some(item) => timeouts(r, item),
         None => Some(Timeouts::default()),
     };
-    let limits = match root.get("limits") {
+    let (limits, per_source) = match root.get("limits") {
         Some(item) => limits(r, item),
-        None => Some(Limits::default()),
+        None => (Some(Limits::default()), Some(PerSourceLimits::default())),
     };
     let relay = match root.get("relay") {
         Some(item) => relay(r, item),
@@ -210,6 +229,7 @@ pub(crate) fn config(r: &mut Reader<'_>, root: &Value<'_>) -> Option<Config> {
         pools: pools?,
         timeouts: timeouts?,
         limits: limits?,
+        per_source: per_source?,
         relay: relay?,
         admin: admin?,
     })
@@ -368,7 +388,14 @@ fn listener(
             "a tls-passthrough listener needs sni_routes, a default_pool, or both",
         );
     }
-    let proxy_protocol = t.optional("proxy_protocol", false, |item| item.bool(r));
+    let accept_proxy_protocol = t.optional("accept_proxy_protocol", None, |item| {
+        accept_proxy(r, item).map(Some)
+    });
+    let max_connections = t.optional(
+        "max_connections",
+        defaults::LISTENER_MAX_CONNECTIONS,
+        |item| item.int(r, defaults::MAX_CONNECTIONS_RANGE).map(Some),
+    );
     let tls = t.optional("tls", None, |item| listener_tls(r, item).map(Some));
 
     let unknown_host_status = t.optional(
@@ -387,15 +414,7 @@ fn listener(
         },
     );
 
-    let trusted_proxies = t.optional("trusted_proxies", Vec::new(), |item| {
-        item.array(r, "an array of addresses or CIDRs")
-            .and_then(|items| {
-                collect(items.into_iter().map(|item| {
-                    let text = item.str(r)?;
-                    checked(r, &item, matchers::network(text))
-                }))
-            })
-    });
+    let trusted_proxies = t.optional("trusted_proxies", Vec::new(), |item| networks(r, &item));
 
     Some(Listener {
         name: name?,
@@ -405,9 +424,41 @@ fn listener(
         trusted_proxies: trusted_proxies?,
         pool: pool?,
         sni_routes: sni_routes?,
-        proxy_protocol: proxy_protocol?,
+        accept_proxy_protocol: accept_proxy_protocol?,
+        max_connections: max_connections?,
         tls: tls?,
     })
+}
+
+/// An array of addresses or CIDRs (`["10.0.0.0/8", "192.168.1.7"]`).
+fn networks(r: &mut Reader<'_>, item: &Item<'_, '_>) -> Option<Vec<ipnet::IpNet>> {
+    item.array(r, "an array of addresses or CIDRs")
+        .and_then(|items| {
+            collect(items.into_iter().map(|item| {
+                let text = item.str(r)?;
+                checked(r, &item, matchers::network(text))
+            }))
+        })
+}
+
+/// `accept_proxy_protocol = { from = ["10.0.0.0/8"] }`: at least one network.
+fn accept_proxy(r: &mut Reader<'_>, item: Item<'_, '_>) -> Option<AcceptProxy> {
+    let t = item.table(r, &ACCEPT_PROXY)?;
+    let item = t.require(
+        r,
+        "from",
+        "the networks of the peers that send the header, such as [\"10.0.0.0/8\"]",
+    )?;
+    let from = networks(r, &item)?;
+    if from.is_empty() {
+        r.report(
+            &item,
+            "at least one network is required: a PROXY header is trusted only from the L4 \
+             edge in front of sluice, such as [\"10.0.0.0/8\"]",
+        );
+        return None;
+    }
+    Some(AcceptProxy { from })
 }
 
 /// `tls = { certificates = [{ cert = "a.pem", key = "a.key" }, ...] }`.
@@ -543,6 +594,27 @@ fn pool(r: &mut Reader<'_>, name: Option<String>, item: Item<'_, '_>) -> Option<
         Some(d)
     });
 
+    let send_proxy_protocol = t.optional(
+        "send_proxy_protocol",
+        defaults::SEND_PROXY_PROTOCOL,
+        |item| {
+            item.choice(
+                r,
+                &[("v1", ProxyVersion::V1), ("v2", ProxyVersion::V2)],
+                &[],
+            )
+            .map(Some)
+        },
+    );
+    let max_connections_per_backend = t.optional(
+        "max_connections_per_backend",
+        defaults::MAX_CONNECTIONS_PER_BACKEND,
+        |item| {
+            item.int(r, defaults::MAX_CONNECTIONS_PER_BACKEND_RANGE)
+                .map(Some)
+        },
+    );
+
     let backends = t
         .require(
             r,
@@ -587,6 +659,8 @@ fn pool(r: &mut Reader<'_>, name: Option<String>, item: Item<'_, '_>) -> Option<
         slow_start: health?.slow_start,
         idle_connections: idle_connections?,
         idle_timeout: idle_timeout?,
+        send_proxy_protocol: send_proxy_protocol?,
+        max_connections_per_backend: max_connections_per_backend?,
     })
 }
 
@@ -829,8 +903,10 @@ fn timeouts(r: &mut Reader<'_>, item: Item<'_, '_>) -> Option<Timeouts> {
     })
 }
 
-fn limits(r: &mut Reader<'_>, item: Item<'_, '_>) -> Option<Limits> {
-    let t = item.table(r, &LIMITS)?;
+fn limits(r: &mut Reader<'_>, item: Item<'_, '_>) -> (Option<Limits>, Option<PerSourceLimits>) {
+    let Some(t) = item.table(r, &LIMITS) else {
+        return (None, None);
+    };
     let max_head_bytes = t.optional("max_head_bytes", defaults::MAX_HEAD_BYTES, |item| {
         item.int(r, defaults::MAX_HEAD_BYTES_RANGE)
     });
@@ -843,11 +919,82 @@ fn limits(r: &mut Reader<'_>, item: Item<'_, '_>) -> Option<Limits> {
     let max_connections = t.optional("max_connections", defaults::MAX_CONNECTIONS, |item| {
         item.int(r, defaults::MAX_CONNECTIONS_RANGE).map(Some)
     });
-    Some(Limits {
-        max_head_bytes: max_head_bytes?,
-        max_headers: max_headers?,
-        max_body_bytes: max_body_bytes?,
+    let per_source = t.optional("per_source", PerSourceLimits::default(), |item| {
+        per_source(r, item)
+    });
+    let limits = (|| {
+        Some(Limits {
+            max_head_bytes: max_head_bytes?,
+            max_headers: max_headers?,
+            max_body_bytes: max_body_bytes?,
+            max_connections: max_connections?,
+        })
+    })();
+    (limits, per_source)
+}
+
+/// `[limits.per_source]`.
+fn per_source(r: &mut Reader<'_>, item: Item<'_, '_>) -> Option<PerSourceLimits> {
+    let t = item.table(r, &PER_SOURCE)?;
+    let max_connections = t.optional(
+        "max_connections",
+        defaults::PER_SOURCE_MAX_CONNECTIONS,
+        |item| {
+            item.int(r, defaults::PER_SOURCE_MAX_CONNECTIONS_RANGE)
+                .map(Some)
+        },
+    );
+    let connection_rate = t.optional(
+        "connection_rate",
+        defaults::PER_SOURCE_CONNECTION_RATE,
+        |item| {
+            let rate = item.number(r)?;
+            let range =
+                defaults::PER_SOURCE_CONNECTION_RATE_MIN..=defaults::PER_SOURCE_CONNECTION_RATE_MAX;
+            if !range.contains(&rate) {
+                r.report(
+                    &item,
+                    format_args!(
+                        "{rate} is out of range; expected new connections per second, from {} \
+                         to {}",
+                        range.start(),
+                        range.end()
+                    ),
+                );
+                return None;
+            }
+            Some(Some(rate))
+        },
+    );
+    let burst_default = defaults::per_source_connection_burst(connection_rate.flatten());
+    let connection_burst = t.optional("connection_burst", burst_default, |item| {
+        if t.get("connection_rate").is_none() {
+            r.report(
+                &item,
+                "applies to connection_rate, which is not set; set both or neither",
+            );
+            return None;
+        }
+        item.int(r, defaults::PER_SOURCE_CONNECTION_BURST_RANGE)
+    });
+    let exempt = t.optional("exempt", Vec::new(), |item| networks(r, &item));
+    let ipv4_prefix = t.optional("ipv4_prefix", defaults::PER_SOURCE_IPV4_PREFIX, |item| {
+        item.int(r, 1..=32u8)
+    });
+    let ipv6_prefix = t.optional("ipv6_prefix", defaults::PER_SOURCE_IPV6_PREFIX, |item| {
+        item.int(r, 1..=128u8)
+    });
+    let table_size = t.optional("table_size", defaults::PER_SOURCE_TABLE_SIZE, |item| {
+        item.int(r, defaults::PER_SOURCE_TABLE_SIZE_RANGE)
+    });
+    Some(PerSourceLimits {
         max_connections: max_connections?,
+        connection_rate: connection_rate?,
+        connection_burst: connection_burst?,
+        exempt: exempt?,
+        ipv4_prefix: ipv4_prefix?,
+        ipv6_prefix: ipv6_prefix?,
+        table_size: table_size?,
     })
 }
 

@@ -22,6 +22,8 @@ pub struct Config {
     pub timeouts: Timeouts,
     /// Limits shared by every listener.
     pub limits: Limits,
+    /// Limits per client address (`[limits.per_source]`), all listeners together.
+    pub per_source: PerSourceLimits,
     /// How tunnels move bytes after the upgrade.
     pub relay: Relay,
     /// The admin listener (`/metrics`, `/healthz`, `/readyz`, `/status.json`, the status page);
@@ -69,11 +71,42 @@ pub struct Listener {
     /// `tls-passthrough`: pools by server name, in file order (exact names first, then the
     /// longest matching wildcard). Empty for the other modes.
     pub sni_routes: Vec<SniRoute>,
-    /// `tcp` and `tls-passthrough`: send a PROXY protocol v2 header to the backend before the
-    /// client's bytes, carrying the client's address. Off by default.
-    pub proxy_protocol: bool,
+    /// Every mode: each connection must open with a PROXY protocol header (v1 or v2) and come
+    /// from one of these networks; the header's source is then the client's address. `None`
+    /// (the default): no header is expected and the socket's peer is the client.
+    pub accept_proxy_protocol: Option<AcceptProxy>,
+    /// Most client connections this listener holds at once (besides `limits.max_connections`,
+    /// all listeners together). `None` (the default): no limit of its own.
+    pub max_connections: Option<usize>,
     /// `http`: terminate TLS with these certificates. `None` (the default): plain TCP.
     pub tls: Option<ListenerTls>,
+}
+
+/// Which peers may open connections with a PROXY protocol header (an L4 edge in front of
+/// sluice: a cloud network load balancer, HAProxy, another sluice).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AcceptProxy {
+    /// The peers' networks; a connection from anywhere else is refused (closed).
+    pub from: Vec<IpNet>,
+}
+
+/// A PROXY protocol version sent to backends.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ProxyVersion {
+    /// The text header (`PROXY TCP4 192.0.2.1 10.0.0.1 51234 443\r\n`).
+    V1,
+    /// The binary header.
+    V2,
+}
+
+impl ProxyVersion {
+    /// The name used in the configuration file: `"v1"`, `"v2"`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ProxyVersion::V1 => "v1",
+            ProxyVersion::V2 => "v2",
+        }
+    }
 }
 
 /// TLS termination on an `http` listener.
@@ -198,6 +231,13 @@ pub struct Pool {
     pub idle_connections: usize,
     /// Plain HTTP requests: an idle backend connection unused for this long is closed.
     pub idle_timeout: Duration,
+    /// Open every backend connection with a PROXY protocol header of this version carrying the
+    /// client's address (before the forwarded head, the replayed ClientHello or the first
+    /// relayed byte). `None` (the default): none.
+    pub send_proxy_protocol: Option<ProxyVersion>,
+    /// Most live connections (connecting, handshaking or tunnelling) per backend; a full
+    /// backend is skipped like a down one. `None` (the default): no limit.
+    pub max_connections_per_backend: Option<usize>,
 }
 
 /// How a pool actively checks its backends, each on its own schedule.
@@ -491,6 +531,34 @@ pub struct Limits {
     /// from the open-file limit (each proxied connection costs two sockets and, while data moves,
     /// up to four pipe ends).
     pub max_connections: Option<usize>,
+}
+
+/// Limits per client address (`[limits.per_source]`): the PROXY-protocol source when the
+/// listener accepts the header, else the socket's peer; IPv6 addresses grouped by prefix.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PerSourceLimits {
+    /// Most connections one source holds at once. `None` (the default): no limit.
+    pub max_connections: Option<u32>,
+    /// New connections one source may open per second, on average (a token bucket refilled at
+    /// this rate). `None` (the default): no limit.
+    pub connection_rate: Option<f64>,
+    /// The bucket's size: how many new connections may come at once after a quiet spell.
+    pub connection_burst: u32,
+    /// Sources never limited (offices behind one NAT address, monitoring).
+    pub exempt: Vec<IpNet>,
+    /// IPv4 addresses count per this prefix length (32: each address alone).
+    pub ipv4_prefix: u8,
+    /// IPv6 addresses count per this prefix length (64: one customer site).
+    pub ipv6_prefix: u8,
+    /// Most sources tracked at once; the least recently seen is forgotten first.
+    pub table_size: usize,
+}
+
+impl PerSourceLimits {
+    /// Whether any limit is set (without one, no source is tracked).
+    pub fn is_enabled(&self) -> bool {
+        self.max_connections.is_some() || self.connection_rate.is_some()
+    }
 }
 
 /// How a tunnel relays bytes after the upgrade.

@@ -46,8 +46,20 @@ impl Config {
                 ),
             };
             write!(out, "  {}  {}  {mode}  {routes}", l.name, l.listen)?;
-            if l.proxy_protocol {
-                write!(out, "  proxy_protocol v2")?;
+            if let Some(accept) = &l.accept_proxy_protocol {
+                write!(
+                    out,
+                    "  accept_proxy_protocol from {}",
+                    accept
+                        .from
+                        .iter()
+                        .map(ToString::to_string)
+                        .collect::<Vec<_>>()
+                        .join(",")
+                )?;
+            }
+            if let Some(max) = l.max_connections {
+                write!(out, "  max_connections {max}")?;
             }
             if let Some(tls) = &l.tls {
                 write!(
@@ -139,6 +151,12 @@ impl Config {
             if let Some(window) = p.slow_start {
                 write!(out, "  slow_start {}", human(window))?;
             }
+            if let Some(version) = p.send_proxy_protocol {
+                write!(out, "  send_proxy_protocol {}", version.as_str())?;
+            }
+            if let Some(max) = p.max_connections_per_backend {
+                write!(out, "  max_connections_per_backend {max}")?;
+            }
             writeln!(out)?;
         }
 
@@ -182,6 +200,37 @@ impl Config {
             // Continues the limits line.
             out.truncate(out.trim_end().len());
             writeln!(out, ", max_body_bytes {max_body_bytes}")?;
+        }
+        let s = &self.per_source;
+        if s.is_enabled() {
+            write!(out, "per source")?;
+            if let Some(max) = s.max_connections {
+                write!(out, "  max_connections {max}")?;
+            }
+            if let Some(rate) = s.connection_rate {
+                write!(
+                    out,
+                    "  connection_rate {rate}/s (burst {})",
+                    s.connection_burst
+                )?;
+            }
+            write!(
+                out,
+                "  by /{} (IPv4), /{} (IPv6)  table_size {}",
+                s.ipv4_prefix, s.ipv6_prefix, s.table_size
+            )?;
+            if !s.exempt.is_empty() {
+                write!(
+                    out,
+                    "  exempt {}",
+                    s.exempt
+                        .iter()
+                        .map(ToString::to_string)
+                        .collect::<Vec<_>>()
+                        .join(",")
+                )?;
+            }
+            writeln!(out)?;
         }
         let r = &self.relay;
         let mode = match r.mode {

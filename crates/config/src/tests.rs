@@ -69,7 +69,8 @@ fn a_minimal_file_parses_with_defaults() {
                 trusted_proxies: vec![],
                 pool: None,
                 sni_routes: vec![],
-                proxy_protocol: false,
+                accept_proxy_protocol: None,
+                max_connections: None,
                 tls: None,
             }],
             routes: vec![Route {
@@ -96,9 +97,12 @@ fn a_minimal_file_parses_with_defaults() {
                 slow_start: None,
                 idle_connections: 16,
                 idle_timeout: Duration::from_secs(4),
+                send_proxy_protocol: None,
+                max_connections_per_backend: None,
             }],
             timeouts: Timeouts::default(),
             limits: Limits::default(),
+            per_source: PerSourceLimits::default(),
             relay: Relay::default(),
             admin: None,
         }
@@ -1325,7 +1329,8 @@ name = "raw"
 listen = "127.0.0.1:7000"
 mode = "tcp"
 pool = "main"
-proxy_protocol = true
+accept_proxy_protocol = { from = ["10.0.0.0/8", "192.168.1.7"] }
+max_connections = 100
 
 [[listeners]]
 name = "pass"
@@ -1346,9 +1351,12 @@ pool = "main"
 [pools.main]
 balance = "hash"
 hash_key = "four_tuple"
+send_proxy_protocol = "v1"
+max_connections_per_backend = 500
 backends = ["127.0.0.1:9001"]
 
 [pools.other]
+send_proxy_protocol = "v2"
 backends = ["127.0.0.1:9002"]
 "#;
     let config = ok(text);
@@ -1359,7 +1367,21 @@ backends = ["127.0.0.1:9002"]
     );
     assert_eq!(raw.mode, ListenerMode::Tcp);
     assert_eq!(raw.pool.as_deref(), Some("main"));
-    assert!(raw.proxy_protocol);
+    assert_eq!(
+        raw.accept_proxy_protocol,
+        Some(AcceptProxy {
+            from: vec![
+                "10.0.0.0/8".parse().unwrap(),
+                "192.168.1.7/32".parse().unwrap()
+            ]
+        })
+    );
+    assert_eq!(raw.max_connections, Some(100));
+    assert_eq!(pass.accept_proxy_protocol, None);
+    assert_eq!(config.pools[0].send_proxy_protocol, Some(ProxyVersion::V1));
+    assert_eq!(config.pools[0].max_connections_per_backend, Some(500));
+    assert_eq!(config.pools[1].send_proxy_protocol, Some(ProxyVersion::V2));
+    assert_eq!(config.pools[1].max_connections_per_backend, None);
     assert_eq!(pass.mode, ListenerMode::TlsPassthrough);
     assert_eq!(pass.pool.as_deref(), Some("other"));
     assert_eq!(
@@ -1409,7 +1431,7 @@ pool = "main"
 [[listeners]]
 name = "web"
 listen = "127.0.0.1:8080"
-proxy_protocol = true
+accept_proxy_protocol = { from = [] }
 
 [[routes]]
 listener = "raw"
@@ -1426,11 +1448,102 @@ backends = ["127.0.0.1:9001"]
             "t.toml:6:24: listeners[0].tls.certificates: at least one certificate is required",
             "t.toml:12:43: listeners[1].sni_routes[0].pool: no pool named \"mian\"; did you mean \"main\"?",
             "t.toml:13:8: listeners[1].pool: pool applies to tcp listeners only; this listener's mode is \"tls-passthrough\"",
-            "t.toml:18:18: listeners[2].proxy_protocol: proxy_protocol applies to tcp and tls-passthrough listeners only; this listener's mode is \"http\"",
+            "t.toml:18:34: listeners[2].accept_proxy_protocol.from: at least one network is required: a PROXY header is trusted only from the L4 edge in front of sluice, such as [\"10.0.0.0/8\"]",
         ]
     );
     assert_eq!(
         error(&BASE.replace("listen = ", "mode = \"tcp\"\npool = \"main\"\nlisten = ")),
         "t.toml:8:12: routes[0].listener: routes apply to http listeners only; \"public\" is a tcp listener, routed by its pool"
     );
+}
+
+#[test]
+fn per_source_limits() {
+    let config = ok(&base(
+        r#"[limits.per_source]
+max_connections = 50
+connection_rate = 2.5
+exempt = ["10.1.0.0/16", "2001:db8::/48"]
+ipv6_prefix = 56
+table_size = 1024
+"#,
+    ));
+    assert_eq!(
+        config.per_source,
+        PerSourceLimits {
+            max_connections: Some(50),
+            connection_rate: Some(2.5),
+            connection_burst: 3,
+            exempt: vec![
+                "10.1.0.0/16".parse().unwrap(),
+                "2001:db8::/48".parse().unwrap()
+            ],
+            ipv4_prefix: 32,
+            ipv6_prefix: 56,
+            table_size: 1024,
+        }
+    );
+    assert!(config.per_source.is_enabled());
+    assert!(!ok(BASE).per_source.is_enabled());
+    assert!(
+        config.summary().contains(
+            "per source  max_connections 50  connection_rate 2.5/s (burst 3)  by /32 (IPv4), \
+             /56 (IPv6)  table_size 1024  exempt 10.1.0.0/16,2001:db8::/48\n"
+        ),
+        "{}",
+        config.summary()
+    );
+    assert!(!ok(BASE).summary().contains("per source"));
+    let e = errors(&base(
+        r#"[limits.per_source]
+connection_rate = 0
+connection_burst = 0
+ipv6_prefix = 129
+table_size = 1
+exempt = ["10.0.0.1/8"]
+"#,
+    ));
+    assert_eq!(
+        e,
+        [
+            "t.toml:13:19: limits.per_source.connection_rate: 0 is out of range; expected new connections per second, from 0.001 to 1000000",
+            "t.toml:14:20: limits.per_source.connection_burst: 0 is out of range; expected 1 to 1000000",
+            "t.toml:15:15: limits.per_source.ipv6_prefix: 129 is out of range; expected 1 to 128",
+            "t.toml:16:14: limits.per_source.table_size: 1 is out of range; expected 16 to 16777216",
+            "t.toml:17:11: limits.per_source.exempt[0]: \"10.0.0.1/8\" has bits set after the prefix length; write the network \"10.0.0.0/8\" or the single address \"10.0.0.1\"",
+        ]
+    );
+    assert_eq!(
+        errors(&base("[limits.per_source]\nconnection_burst = 5\n")),
+        [
+            "t.toml:13:20: limits.per_source.connection_burst: applies to connection_rate, which is not set; set both or neither"
+        ]
+    );
+}
+
+#[test]
+fn the_example_file_shows_the_client_address_and_limit_keys() {
+    let config = crate::test_support::example_uncommented(
+        &[
+            "# accept_proxy_protocol",
+            "# max_connections = 5000",
+            "# send_proxy_protocol",
+            "# max_connections_per_backend",
+            "# max_connections = 100 ",
+            "# connection_rate",
+            "# connection_burst",
+            "# exempt",
+        ],
+        &[],
+    );
+    let public = &config.listeners[0];
+    assert!(public.accept_proxy_protocol.is_some());
+    assert_eq!(public.max_connections, Some(5000));
+    let echo = config.pool("echo").expect("pool echo");
+    assert_eq!(echo.send_proxy_protocol, Some(ProxyVersion::V2));
+    assert_eq!(echo.max_connections_per_backend, Some(1000));
+    assert_eq!(config.per_source.max_connections, Some(100));
+    assert_eq!(config.per_source.connection_rate, Some(20.0));
+    assert_eq!(config.per_source.connection_burst, 20);
+    assert_eq!(config.per_source.exempt.len(), 1);
 }

@@ -92,6 +92,15 @@ pub enum HandshakeError {
     #[error("unsupported Sec-WebSocket-Version (13 is supported)")]
     UnsupportedWebSocketVersion,
 
+    // ----- client: limits -----
+    /// The client's address is over `limits.per_source` (too many connections held, or new
+    /// connections coming faster than its rate): answered before its request is read.
+    #[error("too many connections from this source (retry in {retry_after} s)")]
+    TooManyFromSource {
+        /// Seconds until the client may try again (`Retry-After`).
+        retry_after: u32,
+    },
+
     // ----- client: routing -----
     /// No route of the listener matches the request.
     #[error("no route matches the request")]
@@ -170,6 +179,7 @@ impl HandshakeError {
     /// | `UpgradeWithBody`, `MissingUpgradeHeaders`, `BadWebSocketKey` | 400 | RFC 6455 §4.2.1 |
     /// | `NotUpgrade` | 426 + `Upgrade: websocket` | RFC 9110 §15.5.22: where only WebSocket is served |
     /// | `UnsupportedWebSocketVersion` | 426 + `Sec-WebSocket-Version: 13` | RFC 6455 §4.2.2 item 4 |
+    /// | `TooManyFromSource` | 429 + `Retry-After` | RFC 6585 §4: the limit is the client's own |
     /// | `NoRoute` | 404 | |
     /// | `MisdirectedHost` | 421 | RFC 9110 §15.5.20, when the listener is configured so |
     /// | `NoBackend`, `ListenerGone` | 503 + `Retry-After` | temporary |
@@ -190,6 +200,7 @@ impl HandshakeError {
             MethodNotAllowed { .. } => 405,
             UpgradeWithBody { .. } | MissingUpgradeHeaders { .. } | BadWebSocketKey { .. } => 400,
             NotUpgrade | UnsupportedWebSocketVersion => 426,
+            TooManyFromSource { .. } => 429,
             NoRoute => 404,
             MisdirectedHost => 421,
             NoBackend { .. } | ListenerGone => 503,
@@ -227,6 +238,7 @@ impl HandshakeError {
             UnsupportedTransferCoding => "unsupported_transfer_coding",
             BadWebSocketKey { .. } => "bad_websocket_key",
             UnsupportedWebSocketVersion => "unsupported_websocket_version",
+            TooManyFromSource { .. } => "too_many_from_source",
             NoRoute => "no_route",
             MisdirectedHost => "misdirected_host",
             NoBackend { .. } => "no_backend",
@@ -265,6 +277,7 @@ impl HandshakeError {
             | NotUpgrade
             | BadWebSocketKey { .. }
             | UnsupportedWebSocketVersion
+            | TooManyFromSource { .. }
             | NoRoute
             | MisdirectedHost => Side::Client,
             NoBackend { .. }
@@ -318,6 +331,7 @@ impl HandshakeError {
             UnsupportedTransferCoding => "only the chunked transfer coding is supported",
             BadWebSocketKey { reason } => reason,
             UnsupportedWebSocketVersion => "WebSocket version 13 is required",
+            TooManyFromSource { .. } => "too many connections from your address",
             NoRoute => "no route for this request",
             MisdirectedHost => "this host is not served here",
             NoBackend { .. } => "no backend available",
@@ -340,7 +354,7 @@ impl HandshakeError {
 /// `Content-Length`, `Connection: close` and a one-line body naming the problem (never echoing
 /// request data). Extra fields: 405 carries `Allow: GET`; 426 carries `Upgrade: websocket` and
 /// `Sec-WebSocket-Version: 13` (and lists `Upgrade` in `Connection`, RFC 9110 §7.8); 503
-/// carries `Retry-After` ([`RETRY_AFTER_SECS`]).
+/// carries `Retry-After` ([`RETRY_AFTER_SECS`]); 429 carries the error's own `Retry-After`.
 pub fn error_response(err: &HandshakeError) -> Option<Vec<u8>> {
     use std::io::Write;
     let status = err.status()?;
@@ -362,6 +376,9 @@ pub fn error_response(err: &HandshakeError) -> Option<Vec<u8>> {
     if status == 503 {
         let _ = write!(out, "Retry-After: {RETRY_AFTER_SECS}\r\n");
     }
+    if let HandshakeError::TooManyFromSource { retry_after } = err {
+        let _ = write!(out, "Retry-After: {retry_after}\r\n");
+    }
     out.extend_from_slice(b"\r\n");
     out.extend_from_slice(body.as_bytes());
     Some(out)
@@ -373,6 +390,7 @@ fn reason_phrase(status: u16) -> &'static str {
         404 => "Not Found",
         405 => "Method Not Allowed",
         408 => "Request Timeout",
+        429 => "Too Many Requests",
         413 => "Content Too Large",
         421 => "Misdirected Request",
         426 => "Upgrade Required",
@@ -516,6 +534,11 @@ mod tests {
                 Some("HTTP/1.1 426 Upgrade Required"),
                 UPGRADE,
             ),
+            (
+                TooManyFromSource { retry_after: 7 },
+                Some("HTTP/1.1 429 Too Many Requests"),
+                &["Retry-After: 7\r\n"],
+            ),
             (NoRoute, Some("HTTP/1.1 404 Not Found"), NONE),
             (
                 MisdirectedHost,
@@ -597,6 +620,7 @@ mod tests {
             BackendIo { .. } | ListenerGone | UnknownPool { .. } => true,
             BodyTimeout | BodyTooLarge { .. } | ClientStalled | UnsupportedTransferCoding => true,
             BackendTruncated { .. } | BackendBodyTimeout { .. } => true,
+            TooManyFromSource { .. } => true,
         }
     }
 
@@ -607,9 +631,9 @@ mod tests {
         let mut labels: Vec<_> = all.iter().map(|(e, _, _)| e.label()).collect();
         labels.sort_unstable();
         labels.dedup();
-        // 31 variants, 31 distinct labels.
-        assert_eq!(labels.len(), 31);
-        assert_eq!(all.len(), 31);
+        // 32 variants, 32 distinct labels.
+        assert_eq!(labels.len(), 32);
+        assert_eq!(all.len(), 32);
     }
 
     #[test]

@@ -19,7 +19,7 @@ use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD;
 use bytes::{Bytes, BytesMut};
 use sluice_balance::CheckFailure;
-use sluice_config::{CheckKind, HealthCheck};
+use sluice_config::{CheckKind, HealthCheck, ProxyVersion};
 use sluice_handshake::{
     HandshakeError, RequestKind, ResponseHead, WebSocketUpgrade, classify, parse_request,
     read_response_head,
@@ -105,6 +105,18 @@ pub async fn run(
     addr: SocketAddr,
     nonce: CheckNonce,
 ) -> Result<(), CheckError> {
+    run_with_proxy(check, addr, nonce, None).await
+}
+
+/// [`run`], opening the connection with a PROXY protocol `LOCAL` header of this version (v2
+/// `LOCAL`, v1 `UNKNOWN`: "a connection of the proxy itself, no client"), for backends of a
+/// pool that sends PROXY headers and so may require one on every connection.
+pub async fn run_with_proxy(
+    check: &HealthCheck,
+    addr: SocketAddr,
+    nonce: CheckNonce,
+    proxy: Option<ProxyVersion>,
+) -> Result<(), CheckError> {
     let deadline = Instant::now() + check.timeout;
     let mut stream = match timeout_at(deadline, TcpStream::connect(addr)).await {
         Ok(Ok(stream)) => stream,
@@ -112,6 +124,13 @@ pub async fn run(
         Err(_) => return Err(CheckError::ConnectTimeout),
     };
     let _ = stream.set_nodelay(true);
+    if let Some(version) = proxy {
+        let local: &[u8] = match version {
+            ProxyVersion::V1 => b"PROXY UNKNOWN\r\n",
+            ProxyVersion::V2 => b"\r\n\r\n\0\r\nQUIT\n\x20\x00\x00\x00",
+        };
+        within(deadline, write(&mut stream, local)).await?;
+    }
     let host = |host: &Option<String>| host.clone().unwrap_or_else(|| addr.to_string());
     match &check.kind {
         CheckKind::Tcp => Ok(()),
@@ -378,6 +397,27 @@ mod tests {
 
     async fn failure(check: &HealthCheck, addr: SocketAddr) -> Option<CheckFailure> {
         run(check, addr, nonce()).await.err().map(|e| e.failure())
+    }
+
+    #[tokio::test]
+    async fn a_pool_sending_proxy_headers_checks_with_local_ones() {
+        let echo = EchoBackend::spawn().await;
+        for version in [ProxyVersion::V1, ProxyVersion::V2] {
+            for c in [websocket(true), http(200, 399)] {
+                if let Err(e) = run_with_proxy(&c, echo.addr(), nonce(), Some(version)).await {
+                    panic!("{version:?} {:?}: {e}", c.kind);
+                }
+            }
+        }
+        let headers: Vec<(u8, Option<SocketAddr>)> = echo
+            .requests()
+            .iter()
+            .map(|r| {
+                let p = r.proxy.clone().expect("a PROXY header");
+                (p.version, p.source)
+            })
+            .collect();
+        assert_eq!(headers, [(1, None), (1, None), (2, None), (2, None)]);
     }
 
     #[tokio::test]

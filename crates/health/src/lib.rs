@@ -52,12 +52,12 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use sluice_balance::{Backend, Pool, Transition};
-use sluice_config::HealthCheck;
+use sluice_config::{HealthCheck, ProxyVersion};
 use tokio::task::JoinHandle;
 use tokio::time::{Instant, sleep, sleep_until};
 use tracing::{debug, info, warn};
 
-pub use check::{CheckError, CheckNonce, USER_AGENT, run as check_once};
+pub use check::{CheckError, CheckNonce, USER_AGENT, run as check_once, run_with_proxy};
 
 use rng::Rng;
 
@@ -75,6 +75,8 @@ pub struct HealthChecks {
 struct Checker {
     backend: Arc<Backend>,
     check: HealthCheck,
+    /// The pool's PROXY header version: checks open with a `LOCAL` one.
+    proxy: Option<ProxyVersion>,
     task: JoinHandle<()>,
 }
 
@@ -109,20 +111,25 @@ impl HealthChecks {
     /// check changed, and keeps the rest running untouched. A backend whose pool no longer has
     /// a check is up again as far as active checks are concerned.
     pub fn update(&mut self, pools: &[Arc<Pool>]) -> Updated {
-        let mut wanted: HashMap<(String, SocketAddr), (&Arc<Backend>, &HealthCheck)> =
-            HashMap::new();
+        type Wanted<'a> = (&'a Arc<Backend>, &'a HealthCheck, Option<ProxyVersion>);
+        let mut wanted: HashMap<(String, SocketAddr), Wanted<'_>> = HashMap::new();
         for pool in pools {
             let Some(check) = pool.health_check() else {
                 continue;
             };
             for backend in pool.backends() {
-                wanted.insert((pool.name().to_owned(), backend.addr()), (backend, check));
+                wanted.insert(
+                    (pool.name().to_owned(), backend.addr()),
+                    (backend, check, pool.send_proxy_protocol()),
+                );
             }
         }
         let mut updated = Updated::default();
         self.checkers.retain(|key, checker| {
-            let keep = wanted.get(key).is_some_and(|(backend, check)| {
-                Arc::ptr_eq(backend, &checker.backend) && **check == checker.check
+            let keep = wanted.get(key).is_some_and(|(backend, check, proxy)| {
+                Arc::ptr_eq(backend, &checker.backend)
+                    && **check == checker.check
+                    && *proxy == checker.proxy
             });
             if !keep {
                 checker.task.abort();
@@ -133,7 +140,7 @@ impl HealthChecks {
             }
             keep
         });
-        for (key, (backend, check)) in wanted {
+        for (key, (backend, check, proxy)) in wanted {
             if self.checkers.contains_key(&key) {
                 updated.kept += 1;
                 continue;
@@ -143,6 +150,7 @@ impl HealthChecks {
                 key.0.clone().into(),
                 Arc::clone(backend),
                 check.clone(),
+                proxy,
                 rng,
             ));
             self.checkers.insert(
@@ -150,6 +158,7 @@ impl HealthChecks {
                 Checker {
                     backend: Arc::clone(backend),
                     check: check.clone(),
+                    proxy,
                     task,
                 },
             );
@@ -185,7 +194,13 @@ impl Drop for HealthChecks {
 }
 
 /// One backend's checker, until aborted.
-async fn run(pool: Arc<str>, backend: Arc<Backend>, check: HealthCheck, mut rng: Rng) {
+async fn run(
+    pool: Arc<str>,
+    backend: Arc<Backend>,
+    check: HealthCheck,
+    proxy: Option<ProxyVersion>,
+    mut rng: Rng,
+) {
     let addr = backend.addr();
     let kind = check.kind.as_str();
     debug!(pool = %pool, backend = %addr, kind, interval = ?check.interval, "health checks started");
@@ -198,7 +213,7 @@ async fn run(pool: Arc<str>, backend: Arc<Backend>, check: HealthCheck, mut rng:
             ping: rng.bytes(),
             masks: [rng.bytes(), rng.bytes()],
         };
-        let result = check::run(&check, addr, nonce).await;
+        let result = check::run_with_proxy(&check, addr, nonce, proxy).await;
         if let Err(error) = &result {
             debug!(pool = %pool, backend = %addr, kind, reason = error.failure().label(), %error, "health check failed");
         }
@@ -289,6 +304,8 @@ mod tests {
             slow_start: None,
             idle_connections: 0,
             idle_timeout: Duration::from_secs(4),
+            send_proxy_protocol: None,
+            max_connections_per_backend: None,
         };
         Arc::new(Pool::from_config(&config, known))
     }

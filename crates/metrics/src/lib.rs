@@ -71,10 +71,12 @@ macro_rules! catalogue {
 catalogue! {
     CONNECTIONS_ACCEPTED = "sluice_connections_accepted_total", Counter, None, ["listener"], None,
         "Client connections accepted and admitted.";
-    CONNECTIONS_REFUSED = "sluice_connections_refused_total", Counter, None, ["listener"], None,
-        "Client connections answered 503 and closed because the connection limit was reached.";
+    CONNECTIONS_REFUSED = "sluice_connections_refused_total", Counter, None, ["listener", "reason"], None,
+        "Client connections refused before their request was read, by reason: max_connections (limits.max_connections, answered 503), listener_max_connections (the listener's own, 503), source_connections and source_rate (limits.per_source, answered 429 on plain http listeners), proxy_untrusted (a peer outside accept_proxy_protocol.from), proxy_invalid (no valid PROXY header), proxy_timeout (no whole PROXY header within timeouts.handshake). Other listeners' refusals are a close.";
     CONNECTIONS_ACTIVE = "sluice_connections_active", Gauge, None, ["listener"], None,
         "Client connections held now, in any stage.";
+    SOURCE_TABLE_ENTRIES = "sluice_source_table_entries", Gauge, None, [], None,
+        "Client sources (addresses, IPv6 prefixes) tracked by limits.per_source now; at most limits.per_source.table_size.";
     ACCEPT_ERRORS = "sluice_accept_errors_total", Counter, None, ["listener"], None,
         "Errors returned by accept (descriptor exhaustion and others); each pauses the accept loop.";
     HANDSHAKES = "sluice_handshakes_total", Counter, None, ["listener", "outcome", "status"], None,
@@ -200,12 +202,64 @@ fn describe_all() {
     }
 }
 
+/// Why a connection was refused before its request was read (the `reason` label of
+/// `sluice_connections_refused_total`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Refused {
+    /// `limits.max_connections`, all listeners together.
+    MaxConnections,
+    /// The listener's own `max_connections`.
+    ListenerMaxConnections,
+    /// `limits.per_source.max_connections`.
+    SourceConnections,
+    /// `limits.per_source.connection_rate`.
+    SourceRate,
+    /// A peer outside the listener's `accept_proxy_protocol.from`.
+    ProxyUntrusted,
+    /// Not a valid PROXY protocol header (or the client closed before one came).
+    ProxyInvalid,
+    /// No whole PROXY protocol header within `timeouts.handshake`.
+    ProxyTimeout,
+}
+
+impl Refused {
+    /// Every reason, in label order.
+    pub const ALL: [Refused; 7] = [
+        Refused::MaxConnections,
+        Refused::ListenerMaxConnections,
+        Refused::SourceConnections,
+        Refused::SourceRate,
+        Refused::ProxyUntrusted,
+        Refused::ProxyInvalid,
+        Refused::ProxyTimeout,
+    ];
+
+    /// The label value.
+    pub fn label(self) -> &'static str {
+        match self {
+            Refused::MaxConnections => "max_connections",
+            Refused::ListenerMaxConnections => "listener_max_connections",
+            Refused::SourceConnections => "source_connections",
+            Refused::SourceRate => "source_rate",
+            Refused::ProxyUntrusted => "proxy_untrusted",
+            Refused::ProxyInvalid => "proxy_invalid",
+            Refused::ProxyTimeout => "proxy_timeout",
+        }
+    }
+
+    /// Its position in [`Refused::ALL`].
+    pub fn index(self) -> usize {
+        self as usize
+    }
+}
+
 /// Handles for one listener. Without an installed recorder they do nothing.
 #[derive(Debug, Clone)]
 pub struct ListenerMetrics {
     listener: String,
     pub accepted: Counter,
-    pub refused: Counter,
+    /// Refusals by [`Refused::index`].
+    refused: [Counter; Refused::ALL.len()],
     pub active: Gauge,
     pub accept_errors: Counter,
     pub upgraded: Counter,
@@ -217,12 +271,21 @@ impl ListenerMetrics {
         let l = listener.to_owned();
         Self {
             accepted: counter!(names::CONNECTIONS_ACCEPTED, "listener" => l.clone()),
-            refused: counter!(names::CONNECTIONS_REFUSED, "listener" => l.clone()),
+            refused: Refused::ALL.map(|reason| {
+                counter!(names::CONNECTIONS_REFUSED, "listener" => l.clone(), "reason" => reason.label())
+            }),
             active: gauge!(names::CONNECTIONS_ACTIVE, "listener" => l.clone()),
             accept_errors: counter!(names::ACCEPT_ERRORS, "listener" => l.clone()),
             upgraded: counter!(names::HANDSHAKES, "listener" => l.clone(), "outcome" => "upgraded", "status" => "101"),
             handshake_duration: histogram!(names::HANDSHAKE_DURATION, "listener" => l.clone()),
             listener: l,
+        }
+    }
+
+    /// Counts a connection refused before its request was read.
+    pub fn refused(&self, reason: Refused) {
+        if let Some(counter) = self.refused.get(reason.index()) {
+            counter.increment(1);
         }
     }
 
@@ -397,6 +460,11 @@ pub mod global {
     /// A reload finished: `result` is `success` or `error`.
     pub fn reload(result: &'static str) {
         counter!(names::CONFIG_RELOADS, "result" => result).increment(1);
+    }
+
+    /// How many client sources `limits.per_source` tracks now.
+    pub fn source_table_entries(entries: usize) {
+        gauge!(names::SOURCE_TABLE_ENTRIES).set(entries as f64);
     }
 
     /// Readiness: accepting new connections or not.

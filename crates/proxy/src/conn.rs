@@ -24,11 +24,12 @@ use sluice_metrics::{BackendMetrics, PoolMetrics};
 use sluice_splice::RelayOptions;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
-use tokio::sync::OwnedSemaphorePermit;
 use tokio::time::Instant;
 use tracing::{debug, warn};
 
 use crate::Shared;
+use crate::accept::Admission;
+use crate::client::{self, Addrs, Refusal};
 use crate::http::{self, UpgradeRequest};
 use crate::snapshot::{Snapshot, canonical};
 use crate::stream::ClientStream;
@@ -48,9 +49,9 @@ pub(crate) async fn serve(
     shared: Arc<Shared>,
     id: u64,
     listener: Arc<str>,
-    tcp: TcpStream,
+    mut tcp: TcpStream,
     peer: SocketAddr,
-    _permit: OwnedSemaphorePermit,
+    _admission: Admission,
 ) {
     let accepted_at = Instant::now();
     let _live = shared.stats.connection();
@@ -59,6 +60,31 @@ pub(crate) async fn serve(
     let _active = listener_metrics
         .as_ref()
         .map(|m| GaugeGuard::new(&m.active));
+    // The client: the PROXY header's source when the listener takes one; per-source limits.
+    let Some(runtime) = snapshot.listener(&listener) else {
+        return;
+    };
+    let is_tls = runtime.tls().is_some();
+    let client = client::admit(
+        &shared,
+        snapshot.config(),
+        runtime,
+        &mut tcp,
+        peer,
+        accepted_at,
+    );
+    let (addrs, _source) = match Box::pin(client).await {
+        Ok(client) => (client.addrs, client),
+        Err(Refusal::Close) => return,
+        // A TLS client could read an answer only after a TLS handshake: the very work the
+        // limit saves. It is closed, like L4 clients.
+        Err(Refusal::TooMany { .. }) if is_tls => return,
+        Err(Refusal::TooMany { retry_after }) => {
+            let error = HandshakeError::TooManyFromSource { retry_after };
+            Box::pin(reject(&mut ClientStream::Plain(tcp), &error)).await;
+            return;
+        }
+    };
     // TLS termination first, within the handshake deadline, with this snapshot's certificates.
     let tls = snapshot
         .listener(&listener)
@@ -101,7 +127,7 @@ pub(crate) async fn serve(
     // long as its tunnel. Boxed, an idle tunnel's task holds only what the relay needs
     // (measured: 10.8 KiB of RSS per idle tunnel unboxed, 3.4 KiB boxed; docs/performance.md).
     let mut outcome = tokio::select! {
-        outcome = Box::pin(handshake(&snapshot, &listener, &mut client, peer)) => outcome,
+        outcome = Box::pin(handshake(&snapshot, &listener, &mut client, addrs)) => outcome,
         () = shared.stop_tunnels.cancelled() => return,
     };
     let mut snapshot = snapshot;
@@ -109,7 +135,7 @@ pub(crate) async fn serve(
         // Plain HTTP at L7, request by request, until the connection ends or upgrades.
         drop(snapshot);
         let upgrade = tokio::select! {
-            upgrade = Box::pin(http::serve(&shared, &listener, &mut client, peer, request, buf)) => upgrade,
+            upgrade = Box::pin(http::serve(&shared, &listener, &mut client, addrs, request, buf)) => upgrade,
             () = shared.stop_tunnels.cancelled() => return,
         };
         let Some(UpgradeRequest {
@@ -122,7 +148,7 @@ pub(crate) async fn serve(
         };
         snapshot = shared.snapshot.load_full();
         outcome = tokio::select! {
-            outcome = Box::pin(upgrade_request(&snapshot, &listener, &mut client, peer, request, upgrade, early)) => outcome,
+            outcome = Box::pin(upgrade_request(&snapshot, &listener, &mut client, addrs, request, upgrade, early)) => outcome,
             () = shared.stop_tunnels.cancelled() => return,
         };
     }
@@ -204,7 +230,7 @@ async fn handshake(
     snapshot: &Snapshot,
     listener: &str,
     client: &mut ClientStream,
-    peer: SocketAddr,
+    addrs: Addrs,
 ) -> Result<Handshake, HandshakeError> {
     let config = snapshot.config();
     let (timeouts, limits) = (config.timeouts, config.limits);
@@ -216,7 +242,7 @@ async fn handshake(
     let request = parse_request(buf.freeze(), limits.max_headers)?;
     match classify(&request)? {
         RequestKind::WebSocket(upgrade) => {
-            upgrade_request(snapshot, listener, client, peer, request, upgrade, early).await
+            upgrade_request(snapshot, listener, client, addrs, request, upgrade, early).await
         }
         RequestKind::Plain => Ok(Handshake::Plain {
             request,
@@ -231,7 +257,7 @@ async fn upgrade_request(
     snapshot: &Snapshot,
     listener: &str,
     client: &mut ClientStream,
-    peer: SocketAddr,
+    addrs: Addrs,
     request: Request,
     upgrade: WebSocketUpgrade,
     early: BytesMut,
@@ -247,8 +273,16 @@ async fn upgrade_request(
     let pool = snapshot
         .pool(pool_index)
         .ok_or(HandshakeError::ListenerGone)?;
-    let peer_ip = canonical(peer.ip());
+    let peer_ip = canonical(addrs.client.ip());
     let mut forwarded = Vec::with_capacity(request.head_bytes().len() + 128 + early.len());
+    // The pool's PROXY header goes first, before the head.
+    if let Some(version) = config
+        .pools
+        .get(pool_index)
+        .and_then(|p| p.send_proxy_protocol)
+    {
+        crate::proxy_protocol::write(version, addrs.client, addrs.local, &mut forwarded);
+    }
     write_forwarded_request(
         &request,
         &ClientInfo {

@@ -53,6 +53,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, warn};
 
 use crate::Shared;
+use crate::client::Addrs;
 use crate::conn::{linger, reject};
 use crate::pool::{self, Lease};
 use crate::snapshot::{Snapshot, canonical};
@@ -74,7 +75,7 @@ pub(crate) async fn serve(
     shared: &Shared,
     listener: &str,
     client: &mut ClientStream,
-    peer: SocketAddr,
+    addrs: Addrs,
     mut request: Request,
     mut buf: BytesMut,
 ) -> Option<UpgradeRequest> {
@@ -89,7 +90,7 @@ pub(crate) async fn serve(
             &snapshot,
             listener,
             client,
-            peer,
+            addrs,
             &request,
             &mut buf,
             &mut routed,
@@ -254,7 +255,7 @@ async fn exchange(
     snapshot: &Snapshot,
     listener: &str,
     client: &mut ClientStream,
-    peer: SocketAddr,
+    addrs: Addrs,
     request: &Request,
     buf: &mut BytesMut,
     routed: &mut Option<usize>,
@@ -273,13 +274,19 @@ async fn exchange(
     let framing = BodyFraming::request(request)?;
     precheck_body(framing, buf, limits.max_body_bytes, limits.max_head_bytes)?;
 
-    let peer_ip = canonical(peer.ip());
+    let peer_ip = canonical(addrs.client.ip());
     let fields = match framing {
         BodyFraming::Length(length) => FramingFields::Length(length),
         BodyFraming::Chunked => FramingFields::Chunked,
         BodyFraming::None | BodyFraming::Close => FramingFields::Omit,
     };
     let mut head = Vec::with_capacity(request.head_bytes().len() + 160);
+    // A pool that sends the PROXY header opens a connection per request (a pooled connection's
+    // header would name another client) and sends the header before the head.
+    let send_proxy = pool_config.and_then(|p| p.send_proxy_protocol);
+    if let Some(version) = send_proxy {
+        crate::proxy_protocol::write(version, addrs.client, addrs.local, &mut head);
+    }
     write_plain_request(
         request,
         &ClientInfo {
@@ -305,7 +312,7 @@ async fn exchange(
         reused,
     } = shared
         .idle
-        .checkout(pool, affinity, timeouts.connect)
+        .checkout(pool, affinity, timeouts.connect, send_proxy.is_none())
         .await?;
     let addr = guard.addr();
     if reused {
@@ -362,7 +369,8 @@ async fn exchange(
     }
     match outcome {
         Ok(exchanged) => {
-            if exchanged.backend_reusable && guard.backend().is_available() {
+            if exchanged.backend_reusable && guard.backend().is_available() && send_proxy.is_none()
+            {
                 if let Some(pool_config) = pool_config {
                     shared.idle.put(
                         pool.name(),

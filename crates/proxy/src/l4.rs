@@ -3,11 +3,12 @@
 //! tunnel, spliced where the platform allows.
 //!
 //! ```text
-//! accept ─ permit ─ [tls-passthrough: read the whole ClientHello within timeouts.handshake
+//! accept ─ permit ─ client (`client.rs`: PROXY header, per-source limits; over a limit:
+//!        closed) ─ [tls-passthrough: read the whole ClientHello within timeouts.handshake
 //!        and limits.max_head_bytes; not TLS, malformed, too large, too slow, or no pool for
 //!        its name ──► closed, nothing reaches a backend]
 //!        ─ pick (the pool's algorithm; `hash` by source_ip or four_tuple) ─ connect
-//!        ─ [PROXY v2 header] ─ the ClientHello bytes, as received ─ relay
+//!        ─ [the pool's PROXY header] ─ the ClientHello bytes, as received ─ relay
 //! ```
 
 use std::net::{IpAddr, SocketAddr};
@@ -18,11 +19,12 @@ use sluice_config::{HashKey, ListenerMode};
 use sluice_tls::client_hello;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
-use tokio::sync::OwnedSemaphorePermit;
 use tokio::time::Instant;
 use tracing::debug;
 
 use crate::Shared;
+use crate::accept::Admission;
+use crate::client;
 use crate::conn::{self, Connected, GaugeGuard, TunnelMetrics};
 use crate::snapshot::canonical;
 use crate::stream::ClientStream;
@@ -35,9 +37,9 @@ pub(crate) async fn serve(
     shared: Arc<Shared>,
     id: u64,
     listener: Arc<str>,
-    client: TcpStream,
+    mut client: TcpStream,
     peer: SocketAddr,
-    _permit: OwnedSemaphorePermit,
+    _admission: Admission,
 ) {
     let accepted_at = Instant::now();
     let _live = shared.stats.connection();
@@ -50,8 +52,16 @@ pub(crate) async fn serve(
     let mode = runtime.config().mode;
     let config = snapshot.config();
 
+    // The client: the PROXY header's source when the listener takes one; per-source limits
+    // (over them: closed, an L4 client cannot read an answer).
+    let admitted = client::admit(&shared, config, runtime, &mut client, peer, accepted_at);
+    // Held to the end: the connection's place in its source's count.
+    let Ok(admitted) = Box::pin(admitted).await else {
+        return;
+    };
+    let addrs = admitted.addrs;
+
     // Reading (pass-through only): the whole ClientHello, bounded in size and time.
-    let mut client = client;
     let (hello, sni) = if mode == ListenerMode::TlsPassthrough {
         let deadline = Instant::now() + config.timeouts.handshake;
         let read = tokio::select! {
@@ -86,10 +96,9 @@ pub(crate) async fn serve(
     };
 
     // Picked and connected.
-    let local = client.local_addr().ok();
     let key = pool
         .hash_key()
-        .and_then(|key| connection_key(key, peer, local));
+        .and_then(|key| connection_key(key, addrs.client, Some(addrs.local)));
     let affinity = Affinity {
         cookie: None,
         key: key.as_deref(),
@@ -118,8 +127,12 @@ pub(crate) async fn serve(
 
     // The PROXY header and the bytes read so far, before anything else.
     let mut first = Vec::with_capacity(hello.len() + 64);
-    if runtime.config().proxy_protocol {
-        proxy_v2_header(peer, local.unwrap_or(peer), &mut first);
+    if let Some(version) = config
+        .pools
+        .get(pool_index)
+        .and_then(|p| p.send_proxy_protocol)
+    {
+        crate::proxy_protocol::write(version, addrs.client, addrs.local, &mut first);
     }
     first.extend_from_slice(&hello);
     if !first.is_empty() && backend.write_all(&first).await.is_err() {
@@ -218,75 +231,9 @@ fn push_ip(ip: IpAddr, out: &mut Vec<u8>) {
     }
 }
 
-/// The PROXY protocol v2 signature.
-const PROXY_V2_SIGNATURE: [u8; 12] = *b"\r\n\r\n\0\r\nQUIT\n";
-
-/// A PROXY protocol v2 header (`PROXY` command, TCP over IPv4 or IPv6) saying the connection
-/// came from `source` to `destination`. Mixed families are sent as IPv6 (IPv4-mapped).
-pub(crate) fn proxy_v2_header(source: SocketAddr, destination: SocketAddr, out: &mut Vec<u8>) {
-    out.extend_from_slice(&PROXY_V2_SIGNATURE);
-    out.push(0x21); // version 2, PROXY
-    let (src, dst) = (canonical(source.ip()), canonical(destination.ip()));
-    match (src, dst) {
-        (IpAddr::V4(s), IpAddr::V4(d)) => {
-            out.push(0x11); // TCP over IPv4
-            out.extend_from_slice(&12u16.to_be_bytes());
-            out.extend_from_slice(&s.octets());
-            out.extend_from_slice(&d.octets());
-        }
-        (s, d) => {
-            let v6 = |ip: IpAddr| match ip {
-                IpAddr::V4(v4) => v4.to_ipv6_mapped(),
-                IpAddr::V6(v6) => v6,
-            };
-            out.push(0x21); // TCP over IPv6
-            out.extend_from_slice(&36u16.to_be_bytes());
-            out.extend_from_slice(&v6(s).octets());
-            out.extend_from_slice(&v6(d).octets());
-        }
-    }
-    out.extend_from_slice(&source.port().to_be_bytes());
-    out.extend_from_slice(&destination.port().to_be_bytes());
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn proxy_v2_ipv4() {
-        let mut out = Vec::new();
-        proxy_v2_header(
-            "192.0.2.1:5000".parse().unwrap(),
-            "198.51.100.2:443".parse().unwrap(),
-            &mut out,
-        );
-        let mut want = PROXY_V2_SIGNATURE.to_vec();
-        want.extend_from_slice(&[0x21, 0x11, 0, 12, 192, 0, 2, 1, 198, 51, 100, 2]);
-        want.extend_from_slice(&5000u16.to_be_bytes());
-        want.extend_from_slice(&443u16.to_be_bytes());
-        assert_eq!(out, want);
-    }
-
-    #[test]
-    fn proxy_v2_ipv6_and_mapped() {
-        let mut out = Vec::new();
-        proxy_v2_header(
-            "[2001:db8::1]:5000".parse().unwrap(),
-            "[::ffff:10.0.0.1]:443".parse().unwrap(),
-            &mut out,
-        );
-        assert_eq!(out.len(), 16 + 36);
-        assert_eq!(out[13], 0x21);
-        // An IPv4 peer seen through an IPv6 socket is sent as IPv4.
-        let mut out = Vec::new();
-        proxy_v2_header(
-            "[::ffff:192.0.2.1]:1".parse().unwrap(),
-            "[::ffff:10.0.0.1]:2".parse().unwrap(),
-            &mut out,
-        );
-        assert_eq!(out.len(), 16 + 12);
-    }
 
     #[test]
     fn connection_keys() {

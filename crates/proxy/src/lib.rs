@@ -21,14 +21,17 @@
 
 mod accept;
 mod admin;
+mod client;
 mod conn;
 mod health;
 mod http;
 mod l4;
 mod limits;
 mod pool;
+mod proxy_protocol;
 mod reload;
 mod snapshot;
+mod sources;
 mod stats;
 mod status;
 mod stream;
@@ -54,7 +57,7 @@ use tracing::{info, warn};
 pub use limits::derived_max_connections;
 pub use reload::{ReloadError, ReloadStats};
 pub use snapshot::{ListenerRuntime, Snapshot, check_tls};
-pub use stats::{Stats, StatusClass};
+pub use stats::{Refused, Stats, StatusClass};
 
 use reload::Control;
 use tunnels::Tunnels;
@@ -122,6 +125,8 @@ pub(crate) struct Shared {
     pub(crate) pipes: PipePool,
     pub(crate) connections: Arc<Semaphore>,
     pub(crate) max_connections: usize,
+    /// Per-source limits: live connections and new-connection buckets by client address.
+    pub(crate) sources: Arc<sources::Sources>,
     /// Cancelled when everything must end now (the shutdown deadline passed): tunnels still
     /// open and handshakes still in flight.
     pub(crate) stop_tunnels: CancellationToken,
@@ -172,6 +177,11 @@ impl Server {
             .max_connections
             .unwrap_or_else(|| derived_max_connections(config.relay.max_pipes));
         let pipes = PipePool::new(config.relay.max_pipes, config.relay.pipe_size);
+        let sources = Arc::new(sources::Sources::new(
+            config.per_source.table_size,
+            config.per_source.ipv4_prefix,
+            config.per_source.ipv6_prefix,
+        ));
         // The process-wide recorder; a second server in the same process shares it.
         if let Err(error) = sluice_metrics::Exporter::install() {
             warn!(%error, "metrics disabled");
@@ -187,6 +197,7 @@ impl Server {
                 pipes,
                 connections: Arc::new(Semaphore::new(max_connections)),
                 max_connections,
+                sources,
                 stop_tunnels: CancellationToken::new(),
                 tunnels: Tunnels::default(),
                 closing: CancellationToken::new(),
@@ -261,6 +272,7 @@ impl Server {
             idle,
         );
         sluice_metrics::global::ready(self.is_ready());
+        sluice_metrics::global::source_table_entries(self.source_table_len());
         let snapshot = self.snapshot();
         for (pool, _, backends) in snapshot.pools_with_metrics() {
             for (backend, metrics) in pool.backends().iter().zip(backends) {
@@ -291,6 +303,12 @@ impl Server {
     /// The connection limit in force (configured, or derived from the open-file limit).
     pub fn max_connections(&self) -> usize {
         self.shared.max_connections
+    }
+
+    /// Client sources tracked by the per-source limits now (at most
+    /// `limits.per_source.table_size`).
+    pub fn source_table_len(&self) -> usize {
+        self.shared.sources.len()
     }
 
     /// Pipes held by tunnels, and idle in the pool.

@@ -61,19 +61,25 @@ impl IdlePool {
     /// A connection to the best candidate of `pool` for `affinity`: an idle one to that
     /// backend when there is one, else a new one. Refusals and connect timeouts move on to the
     /// next candidate, as for upgrades (at most `connect_attempts`); the last failure is the
-    /// answer.
+    /// answer. Without `reuse`, always a new connection.
     pub(crate) async fn checkout(
         &self,
         pool: &Pool,
         affinity: Affinity<'_>,
         connect_timeout: Duration,
+        reuse: bool,
     ) -> Result<Lease, HandshakeError> {
         let mut picker = pool.picker_for(affinity);
         let mut last_error = None;
         while let Some(guard) = picker.next_backend() {
             let addr = guard.addr();
             let set_cookie = picker.cookie_to_set().copied();
-            if let Some(stream) = self.take(pool.name(), addr) {
+            let idle = if reuse {
+                self.take(pool.name(), addr)
+            } else {
+                None
+            };
+            if let Some(stream) = idle {
                 return Ok(Lease {
                     stream,
                     guard,

@@ -342,7 +342,7 @@ fn restart_only(running: &Config, new: &Config) -> Result<(), ReloadError> {
             new: admin(new),
         });
     }
-    let checks: [(&'static str, String, String); 3] = [
+    let checks: [(&'static str, String, String); 6] = [
         (
             "relay.max_pipes",
             running.relay.max_pipes.to_string(),
@@ -357,6 +357,21 @@ fn restart_only(running: &Config, new: &Config) -> Result<(), ReloadError> {
             "limits.max_connections",
             format!("{:?}", running.limits.max_connections),
             format!("{:?}", new.limits.max_connections),
+        ),
+        (
+            "limits.per_source.table_size",
+            running.per_source.table_size.to_string(),
+            new.per_source.table_size.to_string(),
+        ),
+        (
+            "limits.per_source.ipv4_prefix",
+            running.per_source.ipv4_prefix.to_string(),
+            new.per_source.ipv4_prefix.to_string(),
+        ),
+        (
+            "limits.per_source.ipv6_prefix",
+            running.per_source.ipv6_prefix.to_string(),
+            new.per_source.ipv6_prefix.to_string(),
         ),
     ];
     for (setting, running, new) in checks {

@@ -3,12 +3,16 @@
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
+pub use sluice_metrics::Refused;
+
 /// Counters of connections and tunnels since the server started. Relaxed atomics: each is
 /// exact on its own; two read one after the other may disagree by the connections in between.
 #[derive(Debug, Default)]
 pub struct Stats {
     accepted: AtomicU64,
     refused_over_limit: AtomicU64,
+    /// Refusals before the request was read, by [`Refused::index`].
+    refused: [AtomicU64; Refused::ALL.len()],
     connections_active: AtomicU64,
     upgraded: AtomicU64,
     rejected: AtomicU64,
@@ -85,6 +89,14 @@ impl Stats {
     /// Connections closed at once because the connection limit was reached.
     pub fn refused_over_limit(&self) -> u64 {
         self.refused_over_limit.load(Ordering::Relaxed)
+    }
+
+    /// Connections refused for `reason` before their request was read (the global limit
+    /// included: [`Stats::refused_over_limit`] counts the same as `Refused::MaxConnections`).
+    pub fn refused(&self, reason: Refused) -> u64 {
+        self.refused
+            .get(reason.index())
+            .map_or(0, |c| c.load(Ordering::Relaxed))
     }
 
     /// Client connections held now, in any stage.
@@ -177,8 +189,15 @@ impl Stats {
         self.accepted.fetch_add(1, Ordering::Relaxed);
     }
 
-    pub(crate) fn count_refused_over_limit(&self) {
-        self.refused_over_limit.fetch_add(1, Ordering::Relaxed);
+    /// Counts a refusal here and in the listener's metrics.
+    pub(crate) fn count_refused(&self, reason: Refused, metrics: &sluice_metrics::ListenerMetrics) {
+        if reason == Refused::MaxConnections {
+            self.refused_over_limit.fetch_add(1, Ordering::Relaxed);
+        }
+        if let Some(counter) = self.refused.get(reason.index()) {
+            counter.fetch_add(1, Ordering::Relaxed);
+        }
+        metrics.refused(reason);
     }
 
     pub(crate) fn count_rejected(&self) {

@@ -202,7 +202,16 @@ pub struct RawClient {
 impl RawClient {
     /// Connect (with `TCP_NODELAY`).
     pub async fn connect(addr: SocketAddr) -> io::Result<Self> {
-        let stream = TcpStream::connect(addr).await?;
+        Self::from_stream(TcpStream::connect(addr).await?)
+    }
+
+    /// Connect from `local` (any port): on loopback, `127.0.0.2`, `127.0.0.3`... are other
+    /// clients, each with its own address.
+    pub async fn connect_from(local: std::net::IpAddr, addr: SocketAddr) -> io::Result<Self> {
+        Self::from_stream(connect_from(local, addr).await?)
+    }
+
+    fn from_stream(stream: TcpStream) -> io::Result<Self> {
         stream.set_nodelay(true)?;
         Ok(RawClient {
             stream,
@@ -283,6 +292,18 @@ impl RawClient {
     pub fn into_stream(self) -> TcpStream {
         self.stream
     }
+}
+
+/// A TCP connection to `addr` from `local` (any port), with `TCP_NODELAY`.
+pub async fn connect_from(local: std::net::IpAddr, addr: SocketAddr) -> io::Result<TcpStream> {
+    let socket = match local {
+        std::net::IpAddr::V4(_) => tokio::net::TcpSocket::new_v4()?,
+        std::net::IpAddr::V6(_) => tokio::net::TcpSocket::new_v6()?,
+    };
+    socket.bind(SocketAddr::new(local, 0))?;
+    let stream = socket.connect(addr).await?;
+    stream.set_nodelay(true)?;
+    Ok(stream)
 }
 
 /// Read into `received` until `done`, EOF/error, or the deadline. Returns `(closed, reset)`.

@@ -39,9 +39,9 @@ mod misbehave;
 mod server;
 
 pub use client::{
-    CLIENT_MAX_MESSAGE_SIZE, RawClient, RawResponse, WsResponse, WsStream, raw_exchange,
-    raw_exchange_chunked, wait_until, wait_until_async, ws_config, ws_connect, ws_handshake,
-    ws_roundtrip,
+    CLIENT_MAX_MESSAGE_SIZE, RawClient, RawResponse, WsResponse, WsStream, connect_from,
+    raw_exchange, raw_exchange_chunked, wait_until, wait_until_async, ws_config, ws_connect,
+    ws_handshake, ws_roundtrip,
 };
 pub use echo::{DEFAULT_MAX_MESSAGE_SIZE, EchoBackend, EchoBuilder};
 pub use http::{ProxyHeader, RecordedRequest};
