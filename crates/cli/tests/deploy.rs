@@ -483,6 +483,14 @@ fn the_kubernetes_manifests_parse_and_agree_with_the_configuration() {
     assert_eq!(listed, files);
 
     let config = k8s.config();
+    // The PROXY protocol line shown commented (for service.yaml's annotation) parses too.
+    let behind_proxy = k8s
+        .config_text()
+        .replace("# accept_proxy_protocol", "accept_proxy_protocol");
+    assert_ne!(behind_proxy, k8s.config_text());
+    if let Err(errors) = sluice_config::parse(&behind_proxy, "configmap.yaml, PROXY protocol") {
+        panic!("{errors}");
+    }
     let admin = config
         .admin
         .as_ref()
