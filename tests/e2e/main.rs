@@ -17,6 +17,7 @@ mod reload;
 mod routing;
 mod sticky;
 mod tls;
+mod upstream_tls;
 mod websocket;
 
 use std::time::Duration;

@@ -187,7 +187,7 @@ async fn a_client_that_never_starts_tls_is_closed_at_the_handshake_timeout() {
 }
 
 /// The error `bind` gives for this configuration.
-async fn start_error(toml: &str) -> String {
+pub(crate) async fn start_error(toml: &str) -> String {
     let config = sluice_config::parse(toml, "t.toml").unwrap();
     let server = sluice_proxy::Server::new(config);
     server.bind().await.unwrap_err().to_string()
@@ -244,7 +244,8 @@ async fn bad_files_are_clear_errors() {
     let _ = std::fs::remove_dir_all(dir);
 }
 
-/// Relay throughput of one tunnel, plain and TLS-terminated (`docs/performance.md`):
+/// Relay throughput of one tunnel, plain, TLS-terminated, and with TLS to the backend
+/// (`docs/performance.md`; the backend's TLS is a `TlsFront` in this same process):
 /// `cargo test --release -p sluice-e2e --test e2e tls::throughput -- --ignored --nocapture`
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "a measurement, not a check"]
@@ -266,6 +267,22 @@ async fn throughput() {
     ))
     .await;
     let plain_proxy = Proxy::start(&sluice_e2e::config(&[backend.addr()], "round_robin", "")).await;
+    let ca = sluice_testkit::TestCa::new("backends");
+    let front = sluice_testkit::TlsFront::spawn(
+        ca.issue(&["127.0.0.1"]).server_config(None),
+        backend.addr(),
+    )
+    .await;
+    let ca_path = dir.join("backends-ca.pem");
+    std::fs::write(&ca_path, &ca.cert_pem).unwrap();
+    let upstream_proxy = Proxy::start(&format!(
+        "[[listeners]]\nname = \"public\"\nlisten = \"127.0.0.1:0\"\n\n\
+         [[routes]]\nlistener = \"public\"\npool = \"main\"\n\n\
+         [pools.main]\ntls = {{ ca = \"{}\" }}\nbackends = [\"{}\"]\n",
+        ca_path.display(),
+        front.addr()
+    ))
+    .await;
 
     async fn pump<S>(ws: &mut sluice_testkit::WebSocketStream<S>) -> f64
     where
@@ -298,10 +315,14 @@ async fn throughput() {
         .unwrap();
     let (mut ws, _) = ws_handshake(tls, "a.example", "/", &[]).await.unwrap();
     let tls = pump(&mut ws).await;
+    let tcp = TcpStream::connect(upstream_proxy.addr()).await.unwrap();
+    let (mut ws, _) = ws_handshake(tcp, "plain", "/", &[]).await.unwrap();
+    let upstream = pump(&mut ws).await;
     println!(
         "relay throughput, one tunnel, {MESSAGES} x {MESSAGE} B echoed: plain {plain:.0} MB/s, \
-         TLS-terminated {tls:.0} MB/s ({:.0} %)",
-        100.0 * tls / plain
+         TLS-terminated {tls:.0} MB/s ({:.0} %), TLS to the backend {upstream:.0} MB/s ({:.0} %)",
+        100.0 * tls / plain,
+        100.0 * upstream / plain
     );
     let _ = std::fs::remove_dir_all(dir);
 }

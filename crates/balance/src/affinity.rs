@@ -277,6 +277,7 @@ pub(crate) mod tests {
             idle_timeout: std::time::Duration::from_secs(4),
             send_proxy_protocol: None,
             max_connections_per_backend: None,
+            tls: None,
         }
     }
 

@@ -117,10 +117,13 @@ pub enum CheckFailure {
     BadAccept = 8,
     /// The ping was not answered by its pong (a close, or invalid frames, instead).
     NoPong = 9,
+    /// The TLS handshake failed (`tls` pools): certificate not trusted, wrong name, expired,
+    /// or the backend does not speak TLS.
+    Tls = 10,
 }
 
 impl CheckFailure {
-    const ALL: [CheckFailure; 9] = [
+    const ALL: [CheckFailure; 10] = [
         CheckFailure::Refused,
         CheckFailure::ConnectTimeout,
         CheckFailure::Timeout,
@@ -130,6 +133,7 @@ impl CheckFailure {
         CheckFailure::BadResponse,
         CheckFailure::BadAccept,
         CheckFailure::NoPong,
+        CheckFailure::Tls,
     ];
 
     /// A fixed label for logs and metrics.
@@ -144,6 +148,7 @@ impl CheckFailure {
             CheckFailure::BadResponse => "bad_response",
             CheckFailure::BadAccept => "bad_accept",
             CheckFailure::NoPong => "no_pong",
+            CheckFailure::Tls => "tls",
         }
     }
 
@@ -703,7 +708,8 @@ mod tests {
                 "status",
                 "bad_response",
                 "bad_accept",
-                "no_pong"
+                "no_pong",
+                "tls"
             ]
         );
         for f in CheckFailure::ALL {

@@ -839,6 +839,7 @@ mod tests {
             idle_timeout: std::time::Duration::from_secs(4),
             send_proxy_protocol: None,
             max_connections_per_backend: None,
+            tls: None,
         };
         let old = Pool::from_config(&config(&[1, 2]), |_| None);
         let _live = old.backends()[1].acquire();

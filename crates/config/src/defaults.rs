@@ -54,6 +54,8 @@ pub const IDLE_CONNECTIONS_RANGE: RangeInclusive<usize> = 0..=1024;
 /// default), so that sluice, not the backend, closes an idle connection: a pooled connection is
 /// then rarely found closed by the backend when a request takes it.
 pub const IDLE_TIMEOUT: Duration = Duration::from_secs(4);
+/// `tls.verify`: backends' certificates are verified unless told otherwise.
+pub const UPSTREAM_TLS_VERIFY: bool = true;
 /// `hash_fallback`: how a `balance = "hash"` pool places requests without the key. Least
 /// connections fills in around the hashed tunnels, which bounded loads keep near the mean.
 pub const HASH_FALLBACK: Balance = Balance::LeastConn;
@@ -295,6 +297,7 @@ mod tests {
         assert_eq!(WEIGHT, 1);
         assert_eq!(WEIGHT_RANGE, 1..=256);
         assert_eq!(IDLE_CONNECTIONS, 16);
+        assert_eq!((UPSTREAM_TLS_VERIFY, IDLE_CONNECTIONS), (true, 16));
         assert_eq!(IDLE_CONNECTIONS_RANGE, 0..=1024);
         assert_eq!(IDLE_TIMEOUT, Duration::from_secs(4));
         assert_eq!(HASH_FALLBACK, Balance::LeastConn);

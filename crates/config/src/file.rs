@@ -132,6 +132,7 @@ const POOL: Keys = Keys {
         "idle_timeout",
         "send_proxy_protocol",
         "max_connections_per_backend",
+        "tls",
     ],
     later: &[],
 };
@@ -199,6 +200,9 @@ pub(crate) fn config(r: &mut Reader<'_>, root: &Value<'_>) -> Option<Config> {
         .filter(|l| l.mode != ListenerMode::Http)
         .map(|l| (l.name.clone(), l.mode))
         .collect();
+    if let (Some(pools), Some(listeners)) = (&pools, &listeners) {
+        l4_pools_without_tls(r, pools, listeners);
+    }
     let routes = routes(
         r,
         &root,
@@ -233,6 +237,33 @@ pub(crate) fn config(r: &mut Reader<'_>, root: &Value<'_>) -> Option<Config> {
         relay: relay?,
         admin: admin?,
     })
+}
+
+/// `tcp` and `tls-passthrough` listeners relay the client's bytes untouched: a pool they use
+/// cannot originate TLS to its backends.
+fn l4_pools_without_tls(r: &mut Reader<'_>, pools: &[Pool], listeners: &[Listener]) {
+    let mut reported: Vec<&str> = Vec::new();
+    for listener in listeners.iter().filter(|l| l.mode != ListenerMode::Http) {
+        let names = listener
+            .pool
+            .iter()
+            .chain(listener.sni_routes.iter().map(|route| &route.pool));
+        for name in names {
+            let Some(pool) = pools.iter().find(|p| p.name == *name) else {
+                continue;
+            };
+            let Some(tls) = &pool.tls else { continue };
+            if reported.contains(&pool.name.as_str()) {
+                continue;
+            }
+            reported.push(&pool.name);
+            r.push(tls.at.error(format_args!(
+                "TLS to backends applies to pools of http listeners only; the {} listener \"{}\" relays the client's bytes untouched to this pool",
+                listener.mode.as_str(),
+                listener.name
+            )));
+        }
+    }
 }
 
 /// A listener name as written, and where, for duplicate checks and references (kept even when
@@ -614,6 +645,9 @@ fn pool(r: &mut Reader<'_>, name: Option<String>, item: Item<'_, '_>) -> Option<
                 .map(Some)
         },
     );
+    let tls = t.optional("tls", None, |item| {
+        crate::upstream::pool_tls(r, item).map(Some)
+    });
 
     let backends = t
         .require(
@@ -661,6 +695,7 @@ fn pool(r: &mut Reader<'_>, name: Option<String>, item: Item<'_, '_>) -> Option<
         idle_timeout: idle_timeout?,
         send_proxy_protocol: send_proxy_protocol?,
         max_connections_per_backend: max_connections_per_backend?,
+        tls: tls?,
     })
 }
 

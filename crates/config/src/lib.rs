@@ -32,6 +32,7 @@ mod read;
 mod summary;
 #[cfg(test)]
 mod test_support;
+mod upstream;
 
 use std::path::Path;
 

@@ -238,6 +238,55 @@ pub struct Pool {
     /// Most live connections (connecting, handshaking or tunnelling) per backend; a full
     /// backend is skipped like a down one. `None` (the default): no limit.
     pub max_connections_per_backend: Option<usize>,
+    /// TLS to the backends (`wss` upstream). `None` (the default): plain TCP.
+    pub tls: Option<PoolTls>,
+}
+
+/// A pool's `tls` table: how sluice speaks TLS to its backends.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PoolTls {
+    /// PEM CA bundle the backends' certificates must chain to. `None`: the system's CA bundle
+    /// (read from its usual file) when `verify` is on.
+    pub ca: Option<ConfigPath>,
+    /// Client certificate chain and its key (PEM), for backends that require mutual TLS.
+    pub client_cert: Option<(ConfigPath, ConfigPath)>,
+    /// The server name sent (SNI) and verified, lowercase. `None`: the backend's IP address is
+    /// verified and no SNI is sent.
+    pub sni: Option<String>,
+    /// Verify the backend's certificate (default `true`).
+    pub verify: bool,
+    /// Where the `tls` table is written.
+    pub at: Location,
+}
+
+/// A file the configuration names, read when the configuration is applied, and where it is
+/// named so that a problem with the file is reported there.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigPath {
+    pub path: std::path::PathBuf,
+    pub at: Location,
+}
+
+/// A place in a configuration file: its origin, 1-based line and column, and the dotted path
+/// of the key written there.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Location {
+    pub origin: String,
+    pub line: usize,
+    pub column: usize,
+    pub key: String,
+}
+
+impl Location {
+    /// An error about what is written here: `origin:line:column: key: problem`.
+    pub fn error(&self, problem: impl std::fmt::Display) -> crate::ConfigError {
+        crate::ConfigError {
+            origin: self.origin.clone(),
+            line: self.line,
+            column: self.column,
+            message: format!("{}: {problem}", self.key),
+        }
+    }
 }
 
 /// How a pool actively checks its backends, each on its own schedule.

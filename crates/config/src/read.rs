@@ -54,6 +54,22 @@ impl<'s> Reader<'s> {
         self.error(item.span(), format!("{}: {problem}", item.path));
     }
 
+    /// Records an error built elsewhere (from a [`crate::model::Location`]).
+    pub(crate) fn push(&mut self, error: ConfigError) {
+        self.errors.push(error);
+    }
+
+    /// Where `item` is written, to report problems found later with what it names.
+    pub(crate) fn location(&self, item: &Item<'_, '_>) -> crate::model::Location {
+        let (line, column) = self.positions.of(item.span().start);
+        crate::model::Location {
+            origin: self.origin.to_owned(),
+            line,
+            column,
+            key: item.path.clone(),
+        }
+    }
+
     /// The 1-based line of a span's start, for "first defined at line N" notes.
     pub(crate) fn line(&self, span: &Range<usize>) -> usize {
         self.positions.of(span.start).0

@@ -157,6 +157,18 @@ impl Config {
             if let Some(max) = p.max_connections_per_backend {
                 write!(out, "  max_connections_per_backend {max}")?;
             }
+            if let Some(tls) = &p.tls {
+                write!(
+                    out,
+                    "  tls (sni {}, {})",
+                    tls.sni.as_deref().unwrap_or("none"),
+                    if tls.verify {
+                        "verified"
+                    } else {
+                        "NOT verified"
+                    }
+                )?;
+            }
             writeln!(out)?;
         }
 

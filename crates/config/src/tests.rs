@@ -99,6 +99,7 @@ fn a_minimal_file_parses_with_defaults() {
                 idle_timeout: Duration::from_secs(4),
                 send_proxy_protocol: None,
                 max_connections_per_backend: None,
+                tls: None,
             }],
             timeouts: Timeouts::default(),
             limits: Limits::default(),

@@ -120,6 +120,10 @@ pub enum HandshakeError {
         #[source]
         source: io::Error,
     },
+    /// The TLS handshake with a backend failed (`wss` upstream): its certificate is not
+    /// trusted, names another server or expired, or it does not speak TLS.
+    #[error("TLS to backend {backend} failed: {reason}")]
+    BackendTls { backend: SocketAddr, reason: String },
     /// Connecting to a backend did not finish within the connect timeout.
     #[error("connecting to backend {backend} timed out")]
     BackendConnectTimeout { backend: SocketAddr },
@@ -183,7 +187,7 @@ impl HandshakeError {
     /// | `NoRoute` | 404 | |
     /// | `MisdirectedHost` | 421 | RFC 9110 §15.5.20, when the listener is configured so |
     /// | `NoBackend`, `ListenerGone` | 503 + `Retry-After` | temporary |
-    /// | `BackendRefused`, `BadBackendResponse`, `BackendClosed`, `BackendIo`, `BackendTruncated` | 502 | RFC 9110 §15.6.3 |
+    /// | `BackendRefused`, `BackendTls`, `BadBackendResponse`, `BackendClosed`, `BackendIo`, `BackendTruncated` | 502 | RFC 9110 §15.6.3 |
     /// | `BackendConnectTimeout`, `BackendResponseTimeout`, `BackendBodyTimeout` | 504 | RFC 9110 §15.6.5 |
     /// | `UnknownPool` | 500 | a bug |
     pub fn status(&self) -> Option<u16> {
@@ -205,6 +209,7 @@ impl HandshakeError {
             MisdirectedHost => 421,
             NoBackend { .. } | ListenerGone => 503,
             BackendRefused { .. }
+            | BackendTls { .. }
             | BadBackendResponse { .. }
             | BackendClosed { .. }
             | BackendIo { .. }
@@ -243,6 +248,7 @@ impl HandshakeError {
             MisdirectedHost => "misdirected_host",
             NoBackend { .. } => "no_backend",
             BackendRefused { .. } => "backend_refused",
+            BackendTls { .. } => "backend_tls",
             BackendConnectTimeout { .. } => "backend_connect_timeout",
             BackendResponseTimeout { .. } => "backend_response_timeout",
             BadBackendResponse { .. } => "bad_backend_response",
@@ -282,6 +288,7 @@ impl HandshakeError {
             | MisdirectedHost => Side::Client,
             NoBackend { .. }
             | BackendRefused { .. }
+            | BackendTls { .. }
             | BackendConnectTimeout { .. }
             | BackendResponseTimeout { .. }
             | BadBackendResponse { .. }
@@ -335,7 +342,7 @@ impl HandshakeError {
             NoRoute => "no route for this request",
             MisdirectedHost => "this host is not served here",
             NoBackend { .. } => "no backend available",
-            BackendRefused { .. } => "backend connection failed",
+            BackendRefused { .. } | BackendTls { .. } => "backend connection failed",
             BackendConnectTimeout { .. } => "backend connection timed out",
             BackendResponseTimeout { .. } => "backend response timed out",
             BadBackendResponse { .. } => "invalid backend response",
@@ -561,6 +568,14 @@ mod tests {
                 NONE,
             ),
             (
+                BackendTls {
+                    backend: addr(),
+                    reason: "unknown CA".into(),
+                },
+                Some("HTTP/1.1 502 Bad Gateway"),
+                NONE,
+            ),
+            (
                 BackendConnectTimeout { backend: addr() },
                 Some("HTTP/1.1 504 Gateway Timeout"),
                 NONE,
@@ -613,7 +628,7 @@ mod tests {
             UnsupportedVersion { .. } | MethodNotAllowed { .. } | UpgradeWithBody { .. } => true,
             MissingUpgradeHeaders { .. } | NotUpgrade | BadWebSocketKey { .. } => true,
             UnsupportedWebSocketVersion | NoRoute | MisdirectedHost | NoBackend { .. } => true,
-            BackendRefused { .. } | BackendConnectTimeout { .. } => true,
+            BackendRefused { .. } | BackendConnectTimeout { .. } | BackendTls { .. } => true,
             BackendResponseTimeout { .. } | BadBackendResponse { .. } | BackendClosed { .. } => {
                 true
             }
@@ -631,9 +646,9 @@ mod tests {
         let mut labels: Vec<_> = all.iter().map(|(e, _, _)| e.label()).collect();
         labels.sort_unstable();
         labels.dedup();
-        // 32 variants, 32 distinct labels.
-        assert_eq!(labels.len(), 32);
-        assert_eq!(all.len(), 32);
+        // 33 variants, 33 distinct labels.
+        assert_eq!(labels.len(), 33);
+        assert_eq!(all.len(), 33);
     }
 
     #[test]

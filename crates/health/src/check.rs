@@ -24,8 +24,8 @@ use sluice_handshake::{
     HandshakeError, RequestKind, ResponseHead, WebSocketUpgrade, classify, parse_request,
     read_response_head,
 };
+use sluice_tls::{BackendStream, ConnectError, Upstream};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
 use tokio::time::{Instant, timeout_at};
 
 use crate::frame::{self, Frame, OP_CLOSE, OP_PING, OP_PONG};
@@ -45,9 +45,13 @@ pub enum CheckError {
     /// The TCP connect failed (refused, unreachable).
     #[error("connect failed: {0}")]
     Refused(#[source] io::Error),
-    /// The TCP connect did not complete within the timeout.
+    /// The TCP connect (and TLS handshake, for a `tls` pool) did not complete within the
+    /// timeout.
     #[error("connect timed out")]
     ConnectTimeout,
+    /// The TLS handshake failed (`tls` pools); says why (unknown CA, name mismatch, expired).
+    #[error("TLS handshake failed: {0}")]
+    Tls(String),
     /// Connected, but the check did not complete within the timeout.
     #[error("no complete answer within the timeout")]
     Timeout,
@@ -84,6 +88,7 @@ impl CheckError {
             CheckError::BadResponse(_) => CheckFailure::BadResponse,
             CheckError::BadAccept(_) => CheckFailure::BadAccept,
             CheckError::NoPong(_) => CheckFailure::NoPong,
+            CheckError::Tls(_) => CheckFailure::Tls,
         }
     }
 }
@@ -99,13 +104,15 @@ pub struct CheckNonce {
     pub masks: [[u8; 4]; 2],
 }
 
-/// Runs one check of `addr` as `check` says, within `check.timeout`.
+/// Runs one check of `addr` as `check` says, within `check.timeout`; over TLS with `tls` (a
+/// `tcp` check is then the TCP connect and the TLS handshake, verification included).
 pub async fn run(
     check: &HealthCheck,
     addr: SocketAddr,
+    tls: Option<&Upstream>,
     nonce: CheckNonce,
 ) -> Result<(), CheckError> {
-    run_with_proxy(check, addr, nonce, None).await
+    run_with_proxy(check, addr, tls, nonce, None).await
 }
 
 /// [`run`], opening the connection with a PROXY protocol `LOCAL` header of this version (v2
@@ -114,23 +121,23 @@ pub async fn run(
 pub async fn run_with_proxy(
     check: &HealthCheck,
     addr: SocketAddr,
+    tls: Option<&Upstream>,
     nonce: CheckNonce,
     proxy: Option<ProxyVersion>,
 ) -> Result<(), CheckError> {
     let deadline = Instant::now() + check.timeout;
-    let mut stream = match timeout_at(deadline, TcpStream::connect(addr)).await {
-        Ok(Ok(stream)) => stream,
-        Ok(Err(e)) => return Err(CheckError::Refused(e)),
-        Err(_) => return Err(CheckError::ConnectTimeout),
+    // The PROXY header goes on the TCP connection, before any TLS.
+    let preface: &[u8] = match proxy {
+        None => b"",
+        Some(ProxyVersion::V1) => b"PROXY UNKNOWN\r\n",
+        Some(ProxyVersion::V2) => b"\r\n\r\n\0\r\nQUIT\n\x20\x00\x00\x00",
     };
-    let _ = stream.set_nodelay(true);
-    if let Some(version) = proxy {
-        let local: &[u8] = match version {
-            ProxyVersion::V1 => b"PROXY UNKNOWN\r\n",
-            ProxyVersion::V2 => b"\r\n\r\n\0\r\nQUIT\n\x20\x00\x00\x00",
-        };
-        within(deadline, write(&mut stream, local)).await?;
-    }
+    let mut stream = match sluice_tls::upstream::connect(addr, tls, preface, check.timeout).await {
+        Ok(stream) => stream,
+        Err(ConnectError::Refused(e)) => return Err(CheckError::Refused(e)),
+        Err(ConnectError::Timeout) => return Err(CheckError::ConnectTimeout),
+        Err(ConnectError::Tls { reason }) => return Err(CheckError::Tls(reason)),
+    };
     let host = |host: &Option<String>| host.clone().unwrap_or_else(|| addr.to_string());
     match &check.kind {
         CheckKind::Tcp => Ok(()),
@@ -222,13 +229,13 @@ async fn within<T>(
         .unwrap_or(Err(CheckError::Timeout))
 }
 
-async fn write(stream: &mut TcpStream, bytes: &[u8]) -> Result<(), CheckError> {
+async fn write(stream: &mut BackendStream, bytes: &[u8]) -> Result<(), CheckError> {
     stream.write_all(bytes).await.map_err(io_error)
 }
 
 /// The final response head (interim 1xx answers skipped); `buf` keeps what follows it.
 async fn final_head(
-    stream: &mut TcpStream,
+    stream: &mut BackendStream,
     buf: &mut BytesMut,
     deadline: Instant,
 ) -> Result<ResponseHead, CheckError> {
@@ -246,7 +253,7 @@ async fn final_head(
 /// Frames from `buf`, then from the socket, until one that `wanted` accepts; others (data
 /// frames, unsolicited pongs, the backend's own pings) are skipped.
 async fn next_frame(
-    stream: &mut TcpStream,
+    stream: &mut BackendStream,
     buf: &mut BytesMut,
     wanted: impl Fn(&Frame) -> bool,
 ) -> Result<Frame, CheckError> {
@@ -280,7 +287,7 @@ async fn next_frame(
 
 /// The closing handshake (RFC 6455 §7.1.2): our close frame, the backend's close frame, FIN.
 async fn close(
-    stream: &mut TcpStream,
+    stream: &mut BackendStream,
     buf: &mut BytesMut,
     mask: [u8; 4],
 ) -> Result<(), CheckError> {
@@ -396,7 +403,10 @@ mod tests {
     }
 
     async fn failure(check: &HealthCheck, addr: SocketAddr) -> Option<CheckFailure> {
-        run(check, addr, nonce()).await.err().map(|e| e.failure())
+        run(check, addr, None, nonce())
+            .await
+            .err()
+            .map(|e| e.failure())
     }
 
     #[tokio::test]
@@ -404,7 +414,8 @@ mod tests {
         let echo = EchoBackend::spawn().await;
         for version in [ProxyVersion::V1, ProxyVersion::V2] {
             for c in [websocket(true), http(200, 399)] {
-                if let Err(e) = run_with_proxy(&c, echo.addr(), nonce(), Some(version)).await {
+                if let Err(e) = run_with_proxy(&c, echo.addr(), None, nonce(), Some(version)).await
+                {
                     panic!("{version:?} {:?}: {e}", c.kind);
                 }
             }
@@ -429,7 +440,7 @@ mod tests {
             http(200, 399),
             check(CheckKind::Tcp),
         ] {
-            if let Err(e) = run(&c, echo.addr(), nonce()).await {
+            if let Err(e) = run(&c, echo.addr(), None, nonce()).await {
                 panic!("{:?}: {e}", c.kind);
             }
         }
@@ -473,7 +484,7 @@ mod tests {
         );
         assert_eq!(failure(&http(500, 599), server.addr()).await, None);
         assert_eq!(failure(&check(CheckKind::Tcp), server.addr()).await, None);
-        let e = run(&websocket(true), server.addr(), nonce())
+        let e = run(&websocket(true), server.addr(), None, nonce())
             .await
             .unwrap_err();
         assert_eq!(e.to_string(), "status 500, expected 101");
@@ -482,7 +493,7 @@ mod tests {
     #[tokio::test]
     async fn a_wrong_accept_fails_the_websocket_check() {
         let server = StaticResponder::spawn(responses::wrong_accept(), AfterResponse::Hold).await;
-        let e = run(&websocket(false), server.addr(), nonce())
+        let e = run(&websocket(false), server.addr(), None, nonce())
             .await
             .unwrap_err();
         assert_eq!(e.failure(), CheckFailure::BadAccept, "{e}");

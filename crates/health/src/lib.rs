@@ -53,6 +53,7 @@ use std::time::Duration;
 
 use sluice_balance::{Backend, Pool, Transition};
 use sluice_config::{HealthCheck, ProxyVersion};
+use sluice_tls::Upstream;
 use tokio::task::JoinHandle;
 use tokio::time::{Instant, sleep, sleep_until};
 use tracing::{debug, info, warn};
@@ -77,6 +78,8 @@ struct Checker {
     check: HealthCheck,
     /// The pool's PROXY header version: checks open with a `LOCAL` one.
     proxy: Option<ProxyVersion>,
+    /// The pool's TLS of the generation that started the checker.
+    tls: Option<Arc<Upstream>>,
     task: JoinHandle<()>,
 }
 
@@ -110,26 +113,39 @@ impl HealthChecks {
     /// a pool with a check that has none, stops those whose backend or pool is gone or whose
     /// check changed, and keeps the rest running untouched. A backend whose pool no longer has
     /// a check is up again as far as active checks are concerned.
-    pub fn update(&mut self, pools: &[Arc<Pool>]) -> Updated {
-        type Wanted<'a> = (&'a Arc<Backend>, &'a HealthCheck, Option<ProxyVersion>);
+    ///
+    /// `tls(i)`: the TLS to the backends of `pools[i]` (`None`: plain TCP). A checker of a TLS
+    /// pool is restarted when the pool's TLS is another generation's (a reload may have changed
+    /// the CA), so checks always verify as new connections do.
+    pub fn update(
+        &mut self,
+        pools: &[Arc<Pool>],
+        tls: impl Fn(usize) -> Option<Arc<Upstream>>,
+    ) -> Updated {
         let mut wanted: HashMap<(String, SocketAddr), Wanted<'_>> = HashMap::new();
-        for pool in pools {
+        for (index, pool) in pools.iter().enumerate() {
             let Some(check) = pool.health_check() else {
                 continue;
             };
+            let tls = tls(index);
             for backend in pool.backends() {
                 wanted.insert(
                     (pool.name().to_owned(), backend.addr()),
-                    (backend, check, pool.send_proxy_protocol()),
+                    (backend, check, pool.send_proxy_protocol(), tls.clone()),
                 );
             }
         }
         let mut updated = Updated::default();
         self.checkers.retain(|key, checker| {
-            let keep = wanted.get(key).is_some_and(|(backend, check, proxy)| {
+            let keep = wanted.get(key).is_some_and(|(backend, check, proxy, tls)| {
                 Arc::ptr_eq(backend, &checker.backend)
                     && **check == checker.check
                     && *proxy == checker.proxy
+                    && match (tls, &checker.tls) {
+                        (None, None) => true,
+                        (Some(new), Some(old)) => Arc::ptr_eq(new, old),
+                        _ => false,
+                    }
             });
             if !keep {
                 checker.task.abort();
@@ -140,7 +156,7 @@ impl HealthChecks {
             }
             keep
         });
-        for (key, (backend, check, proxy)) in wanted {
+        for (key, (backend, check, proxy, tls)) in wanted {
             if self.checkers.contains_key(&key) {
                 updated.kept += 1;
                 continue;
@@ -151,6 +167,7 @@ impl HealthChecks {
                 Arc::clone(backend),
                 check.clone(),
                 proxy,
+                tls.clone(),
                 rng,
             ));
             self.checkers.insert(
@@ -159,6 +176,7 @@ impl HealthChecks {
                     backend: Arc::clone(backend),
                     check: check.clone(),
                     proxy,
+                    tls,
                     task,
                 },
             );
@@ -193,12 +211,21 @@ impl Drop for HealthChecks {
     }
 }
 
+/// What a pool wants checked for one backend: the backend, its check, the pool's TLS.
+type Wanted<'a> = (
+    &'a Arc<Backend>,
+    &'a HealthCheck,
+    Option<ProxyVersion>,
+    Option<Arc<Upstream>>,
+);
+
 /// One backend's checker, until aborted.
 async fn run(
     pool: Arc<str>,
     backend: Arc<Backend>,
     check: HealthCheck,
     proxy: Option<ProxyVersion>,
+    tls: Option<Arc<Upstream>>,
     mut rng: Rng,
 ) {
     let addr = backend.addr();
@@ -213,7 +240,7 @@ async fn run(
             ping: rng.bytes(),
             masks: [rng.bytes(), rng.bytes()],
         };
-        let result = check::run_with_proxy(&check, addr, nonce, proxy).await;
+        let result = check::run_with_proxy(&check, addr, tls.as_deref(), nonce, proxy).await;
         if let Err(error) = &result {
             debug!(pool = %pool, backend = %addr, kind, reason = error.failure().label(), %error, "health check failed");
         }
@@ -306,6 +333,7 @@ mod tests {
             idle_timeout: Duration::from_secs(4),
             send_proxy_protocol: None,
             max_connections_per_backend: None,
+            tls: None,
         };
         Arc::new(Pool::from_config(&config, known))
     }
@@ -353,7 +381,7 @@ mod tests {
             pool("plain", &[a.addr()], None),
         ];
         assert_eq!(
-            checks.update(&first),
+            checks.update(&first, |_| None),
             Updated {
                 started: 2,
                 stopped: 0,
@@ -368,7 +396,7 @@ mod tests {
             |addr| first[0].backend(addr).cloned(),
         )];
         assert_eq!(
-            checks.update(&same),
+            checks.update(&same, |_| None),
             Updated {
                 started: 0,
                 stopped: 0,
@@ -382,7 +410,7 @@ mod tests {
             same[0].backend(addr).cloned()
         })];
         assert_eq!(
-            checks.update(&changed),
+            checks.update(&changed, |_| None),
             Updated {
                 started: 1,
                 stopped: 2,
@@ -413,7 +441,7 @@ mod tests {
         );
         let mut checks = HealthChecks::new();
         let pools = vec![pool("chat", &[bad.addr(), refused_addr()], Some(ws))];
-        checks.update(&pools);
+        checks.update(&pools, |_| None);
         let [status, refused] = [&pools[0].backends()[0], &pools[0].backends()[1]];
         assert!(
             wait_until(Duration::from_secs(5), || {
@@ -441,7 +469,7 @@ mod tests {
         let unchecked = vec![pool_with("chat", &[bad.addr()], None, |addr| {
             pools[0].backend(addr).cloned()
         })];
-        checks.update(&unchecked);
+        checks.update(&unchecked, |_| None);
         assert!(unchecked[0].backends()[0].is_available());
         assert!(checks.is_empty());
     }

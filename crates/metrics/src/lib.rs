@@ -84,9 +84,9 @@ catalogue! {
     HANDSHAKE_DURATION = "sluice_handshake_duration_seconds", Histogram, Some(Unit::Seconds), ["listener"], Some(LATENCY_BUCKETS),
         "From accept until the backend's 101 was relayed to the client.";
     BACKEND_CONNECT_DURATION = "sluice_backend_connect_duration_seconds", Histogram, Some(Unit::Seconds), ["pool"], Some(LATENCY_BUCKETS),
-        "Successful TCP connects to backends.";
+        "Successful connects to backends (TCP, and the TLS handshake for pools with tls).";
     BACKEND_CONNECT_FAILURES = "sluice_backend_connect_failures_total", Counter, None, ["pool", "backend", "reason"], None,
-        "Failures of a backend seen by handshakes: connect_refused, connect_timeout, response_timeout (no response head in time).";
+        "Failures of a backend seen by handshakes: connect_refused, connect_timeout, tls_failed (TLS handshake or certificate verification), response_timeout (no response head in time).";
     TUNNELS_ACTIVE = "sluice_tunnels_active", Gauge, None, ["pool", "backend"], None,
         "Tunnels relaying now.";
     TUNNEL_DURATION = "sluice_tunnel_duration_seconds", Histogram, Some(Unit::Seconds), ["pool"], Some(TUNNEL_BUCKETS),
@@ -408,7 +408,7 @@ impl BackendMetrics {
     }
 
     /// Counts a failure seen by a handshake (`connect_refused`, `connect_timeout`,
-    /// `response_timeout`).
+    /// `tls_failed`, `response_timeout`).
     pub fn connect_failed(&self, reason: &'static str) {
         counter!(
             names::BACKEND_CONNECT_FAILURES,

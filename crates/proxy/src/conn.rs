@@ -22,6 +22,7 @@ use sluice_handshake::{
 };
 use sluice_metrics::{BackendMetrics, PoolMetrics};
 use sluice_splice::RelayOptions;
+use sluice_tls::{BackendStream, Upstream};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::time::Instant;
@@ -169,7 +170,7 @@ pub(crate) async fn serve(
                     .handshake_duration
                     .record(accepted_at.elapsed().as_secs_f64());
             }
-            sockets.apply(client.tcp(), &backend);
+            sockets.apply(client.tcp(), backend.tcp());
             let metrics = tunnel_metrics.unwrap_or_else(|| TunnelMetrics::unlisted(&guard));
             tunnel(&shared, id, client, backend, guard, &relay_options, metrics).await;
         }
@@ -212,7 +213,7 @@ pub(crate) async fn serve(
 enum Handshake {
     /// The backend answered 101; both sides are ready for the relay.
     Upgraded {
-        backend: TcpStream,
+        backend: BackendStream,
         guard: BackendGuard,
         /// The router's index of the pool.
         pool: usize,
@@ -275,13 +276,14 @@ async fn upgrade_request(
         .ok_or(HandshakeError::ListenerGone)?;
     let peer_ip = canonical(addrs.client.ip());
     let mut forwarded = Vec::with_capacity(request.head_bytes().len() + 128 + early.len());
-    // The pool's PROXY header goes first, before the head.
+    // The pool's PROXY header opens the backend connection, before TLS and the head.
+    let mut preface = Vec::new();
     if let Some(version) = config
         .pools
         .get(pool_index)
         .and_then(|p| p.send_proxy_protocol)
     {
-        crate::proxy_protocol::write(version, addrs.client, addrs.local, &mut forwarded);
+        crate::proxy_protocol::write(version, addrs.client, addrs.local, &mut preface);
     }
     write_forwarded_request(
         &request,
@@ -311,7 +313,14 @@ async fn upgrade_request(
         guard,
         set_cookie,
         took,
-    } = connect(pool, affinity, timeouts.connect).await?;
+    } = connect(
+        pool,
+        snapshot.upstream(pool_index).map(AsRef::as_ref),
+        &preface,
+        affinity,
+        timeouts.connect,
+    )
+    .await?;
     if let Some(metrics) = snapshot.pool_metrics(pool_index) {
         metrics.connect_duration.record(took.as_secs_f64());
     }
@@ -386,7 +395,7 @@ async fn upgrade_request(
 
 /// A backend connection ready for the request.
 pub(crate) struct Connected {
-    pub(crate) stream: TcpStream,
+    pub(crate) stream: BackendStream,
     pub(crate) guard: BackendGuard,
     /// The affinity cookie to give the client, when the pool sets one.
     pub(crate) set_cookie: Option<Token>,
@@ -394,10 +403,13 @@ pub(crate) struct Connected {
     pub(crate) took: Duration,
 }
 
-/// Tries the pool's candidates in order until one accepts the TCP connection. Refusals and
-/// connect timeouts move on to the next candidate; the last failure is the answer.
+/// Tries the pool's candidates in order until one accepts the connection (TCP, `preface`,
+/// then TLS when the pool has `tls`). Refusals, connect timeouts and failed TLS handshakes
+/// move on to the next candidate; the last failure is the answer.
 pub(crate) async fn connect(
     pool: &Pool,
+    tls: Option<&Upstream>,
+    preface: &[u8],
     affinity: Affinity<'_>,
     timeout: Duration,
 ) -> Result<Connected, HandshakeError> {
@@ -406,13 +418,13 @@ pub(crate) async fn connect(
     while let Some(guard) = picker.next_backend() {
         let addr = guard.addr();
         let started = Instant::now();
-        match tokio::time::timeout(timeout, TcpStream::connect(addr)).await {
-            Ok(Ok(stream)) => {
-                let _ = stream.set_nodelay(true);
+        match crate::pool::connect(addr, tls, preface, timeout).await {
+            Ok(stream) => {
                 debug!(
                     backend = %addr,
                     pool = pool.name(),
                     placement = picker.placement().map_or("", |p| p.label()),
+                    tls = stream.is_tls(),
                     "connected"
                 );
                 return Ok(Connected {
@@ -422,18 +434,13 @@ pub(crate) async fn connect(
                     took: started.elapsed(),
                 });
             }
-            Ok(Err(source)) => {
-                warn!(backend = %addr, error = %source, "connect failed");
-                crate::health::connect_failed(pool, guard.backend(), "connect_refused");
-                last_error = Some(HandshakeError::BackendRefused {
-                    backend: addr,
-                    source,
-                });
-            }
-            Err(_) => {
-                warn!(backend = %addr, timeout = ?timeout, "connect timed out");
-                crate::health::connect_failed(pool, guard.backend(), "connect_timeout");
-                last_error = Some(HandshakeError::BackendConnectTimeout { backend: addr });
+            Err(error) => {
+                crate::health::connect_failed(
+                    pool,
+                    guard.backend(),
+                    crate::pool::failure_reason(&error),
+                );
+                last_error = Some(error);
             }
         }
     }
@@ -447,7 +454,7 @@ pub(crate) async fn tunnel(
     shared: &Shared,
     id: u64,
     client: ClientStream,
-    backend: TcpStream,
+    backend: BackendStream,
     guard: BackendGuard,
     options: &RelayOptions,
     metrics: TunnelMetrics,
@@ -466,10 +473,10 @@ pub(crate) async fn tunnel(
             () = shared.stop_tunnels.cancelled() => {}
         }
     };
-    // Plain sockets splice; a TLS-terminated client's bytes are decrypted in user space, so
-    // its tunnel copies.
-    let report = match client {
-        ClientStream::Plain(client) => {
+    // Plain sockets splice; TLS on either side (terminated from the client, originated to the
+    // backend) means bytes encrypted or decrypted in user space, so the tunnel copies.
+    let report = match (client, backend) {
+        (ClientStream::Plain(client), BackendStream::Plain(backend)) => {
             sluice_splice::relay(
                 client,
                 backend,
@@ -480,7 +487,7 @@ pub(crate) async fn tunnel(
             )
             .await
         }
-        ClientStream::Tls(client) => {
+        (client, backend) => {
             sluice_splice::relay_copy(client, backend, options, &bytes.traffic, stop).await
         }
     };
@@ -529,7 +536,7 @@ async fn write_answer(client: &mut ClientStream, bytes: &[u8]) -> Result<(), Han
 /// bounded by `deadline`.
 async fn relay_answer(
     client: &mut ClientStream,
-    backend: &mut TcpStream,
+    backend: &mut BackendStream,
     head_and_more: &[u8],
     body_left: Option<u64>,
     deadline: Instant,

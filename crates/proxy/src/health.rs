@@ -55,7 +55,7 @@ pub(crate) fn snapshot_live(checks: &mut HealthChecks, old: Option<&Snapshot>, n
             }
         }
     }
-    let updated = checks.update(new.pools());
+    let updated = checks.update(new.pools(), |index| new.upstream(index).cloned());
     if updated.started + updated.stopped > 0 {
         info!(
             started = updated.started,

@@ -46,8 +46,8 @@ use sluice_handshake::{
     framing_lines, parse_request, precheck_body, read_request_head, read_response_head,
     write_plain_request, write_plain_response, write_set_cookie,
 };
+use sluice_tls::BackendStream;
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
-use tokio::net::TcpStream;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, warn};
@@ -271,6 +271,7 @@ async fn exchange(
         .pool(pool_index)
         .ok_or(HandshakeError::ListenerGone)?;
     let pool_config = config.pool(pool.name());
+    let tls = snapshot.upstream(pool_index).map(AsRef::as_ref);
     let framing = BodyFraming::request(request)?;
     precheck_body(framing, buf, limits.max_body_bytes, limits.max_head_bytes)?;
 
@@ -282,10 +283,11 @@ async fn exchange(
     };
     let mut head = Vec::with_capacity(request.head_bytes().len() + 160);
     // A pool that sends the PROXY header opens a connection per request (a pooled connection's
-    // header would name another client) and sends the header before the head.
+    // header would name another client) that starts with the header, before TLS and the head.
     let send_proxy = pool_config.and_then(|p| p.send_proxy_protocol);
+    let mut preface = Vec::new();
     if let Some(version) = send_proxy {
-        crate::proxy_protocol::write(version, addrs.client, addrs.local, &mut head);
+        crate::proxy_protocol::write(version, addrs.client, addrs.local, &mut preface);
     }
     write_plain_request(
         request,
@@ -312,7 +314,7 @@ async fn exchange(
         reused,
     } = shared
         .idle
-        .checkout(pool, affinity, timeouts.connect, send_proxy.is_none())
+        .checkout(pool, tls, affinity, timeouts.connect, &preface)
         .await?;
     let addr = guard.addr();
     if reused {
@@ -343,7 +345,7 @@ async fn exchange(
         if retryable {
             debug!(backend = %addr, %error, "pooled connection closed by the backend; sending again");
             shared.stats.count_stale_retry();
-            stream = match pool::connect(addr, timeouts.connect).await {
+            stream = match pool::connect(addr, tls, &preface, timeouts.connect).await {
                 Ok(stream) => stream,
                 Err(error) => {
                     crate::health::connect_failed(
@@ -375,6 +377,7 @@ async fn exchange(
                     shared.idle.put(
                         pool.name(),
                         addr,
+                        tls,
                         stream,
                         pool_config.idle_connections,
                         pool_config.idle_timeout,
@@ -430,7 +433,7 @@ async fn forward(
     plan: &Plan<'_>,
     client: &mut ClientStream,
     buf: &mut BytesMut,
-    backend: &mut TcpStream,
+    backend: &mut BackendStream,
     addr: SocketAddr,
 ) -> Result<Exchanged, Attempt> {
     let io = |source| HandshakeError::BackendIo {

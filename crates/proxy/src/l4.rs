@@ -104,7 +104,9 @@ pub(crate) async fn serve(
         key: key.as_deref(),
     };
     let connected = tokio::select! {
-        connected = conn::connect(pool, affinity, config.timeouts.connect) => connected,
+        // L4 pools carry the client's bytes as they are: never TLS to the backend (the
+        // configuration refuses `tls` on a pool an L4 listener uses).
+        connected = conn::connect(pool, None, b"", affinity, config.timeouts.connect) => connected,
         () = shared.stop_tunnels.cancelled() => return,
     };
     let Connected {
@@ -154,7 +156,7 @@ pub(crate) async fn serve(
     metrics
         .handshake_duration
         .record(accepted_at.elapsed().as_secs_f64());
-    sockets.apply(&client, &backend);
+    sockets.apply(&client, backend.tcp());
     debug!(backend = %guard.addr(), sni = sni.as_deref().unwrap_or(""), "relaying");
     conn::tunnel(
         &shared,

@@ -81,7 +81,8 @@ pub enum ProxyError {
     /// A bound listener was handed to [`Server::run`] that the configuration does not name.
     #[error("listener {0} is not in the configuration")]
     UnknownListener(String),
-    /// Certificates of a TLS listener could not be loaded, one line per problem.
+    /// TLS files could not be loaded (listener certificates; pool CA bundles and client
+    /// certificates), one line per problem.
     #[error("TLS certificates:\n{}", .0.join("\n"))]
     Tls(Vec<String>),
 }

@@ -13,6 +13,10 @@
 //! the backend closes in the instant between that check and the request is the stale-connection
 //! race the HTTP exchange retries once, for idempotent requests only.
 //!
+//! A connection is of one kind: plain TCP, or TLS made with one generation's `Upstream` (its
+//! id). A request takes only a connection of the kind its pool has now: after a reload that
+//! turns TLS on or off, or changes the CA, older idle connections are closed, not reused.
+//!
 //! Idle connections hold no `BackendGuard`: they are not load. The lock is a plain mutex held
 //! for a map operation, never across an `await`.
 
@@ -23,7 +27,7 @@ use std::time::Duration;
 
 use sluice_balance::{Affinity, BackendGuard, Pool, Token};
 use sluice_handshake::HandshakeError;
-use tokio::net::TcpStream;
+use sluice_tls::{BackendStream, ConnectError, Upstream};
 use tokio::time::Instant;
 use tracing::{debug, warn};
 
@@ -42,14 +46,16 @@ struct Inner {
 
 #[derive(Debug)]
 struct Idle {
-    stream: TcpStream,
+    stream: BackendStream,
+    /// [`kind`] of the `Upstream` it was made with.
+    kind: u64,
     expires: Instant,
 }
 
 /// A backend connection for one request, and what it came with.
 #[derive(Debug)]
 pub(crate) struct Lease {
-    pub(crate) stream: TcpStream,
+    pub(crate) stream: BackendStream,
     pub(crate) guard: BackendGuard,
     /// The affinity cookie to give the client, when the pool sets one.
     pub(crate) set_cookie: Option<Token>,
@@ -61,21 +67,24 @@ impl IdlePool {
     /// A connection to the best candidate of `pool` for `affinity`: an idle one to that
     /// backend when there is one, else a new one. Refusals and connect timeouts move on to the
     /// next candidate, as for upgrades (at most `connect_attempts`); the last failure is the
-    /// answer. Without `reuse`, always a new connection.
+    /// answer. With a `preface` (a PROXY header), always a new connection that starts with it.
     pub(crate) async fn checkout(
         &self,
         pool: &Pool,
+        tls: Option<&Upstream>,
         affinity: Affinity<'_>,
         connect_timeout: Duration,
-        reuse: bool,
+        preface: &[u8],
     ) -> Result<Lease, HandshakeError> {
         let mut picker = pool.picker_for(affinity);
         let mut last_error = None;
         while let Some(guard) = picker.next_backend() {
             let addr = guard.addr();
             let set_cookie = picker.cookie_to_set().copied();
-            let idle = if reuse {
-                self.take(pool.name(), addr)
+            // A connection opened with a preface (a PROXY header naming this client) is this
+            // client's alone: never one of another's.
+            let idle = if preface.is_empty() {
+                self.take(pool.name(), addr, kind(tls))
             } else {
                 None
             };
@@ -87,7 +96,7 @@ impl IdlePool {
                     reused: true,
                 });
             }
-            match connect(addr, connect_timeout).await {
+            match connect(addr, tls, preface, connect_timeout).await {
                 Ok(stream) => {
                     debug!(
                         backend = %addr,
@@ -114,13 +123,14 @@ impl IdlePool {
         }))
     }
 
-    /// Keeps `stream` for reuse by the next request to `addr` in `pool`: at most `max` per
-    /// backend (the oldest goes), for `timeout`. `max == 0` closes it at once.
+    /// Keeps `stream` (made with `tls`) for reuse by the next request to `addr` in `pool`: at
+    /// most `max` per backend (the oldest goes), for `timeout`. `max == 0` closes it at once.
     pub(crate) fn put(
         &self,
         pool: &str,
         addr: SocketAddr,
-        stream: TcpStream,
+        tls: Option<&Upstream>,
+        stream: BackendStream,
         max: usize,
         timeout: Duration,
     ) {
@@ -136,6 +146,7 @@ impl IdlePool {
             .or_default();
         idle.push_back(Idle {
             stream,
+            kind: kind(tls),
             expires: Instant::now() + timeout,
         });
         while idle.len() > max {
@@ -147,14 +158,14 @@ impl IdlePool {
         }
     }
 
-    /// The most recently used live connection to `addr` in `pool`, if any; expired and dead ones
-    /// met on the way are closed.
-    fn take(&self, pool: &str, addr: SocketAddr) -> Option<TcpStream> {
+    /// The most recently used live connection of this `kind` to `addr` in `pool`, if any;
+    /// expired and dead ones, and those of another kind, met on the way are closed.
+    fn take(&self, pool: &str, addr: SocketAddr, kind: u64) -> Option<BackendStream> {
         let mut inner = lock(&self.inner);
         let idle = inner.pools.get_mut(pool)?.get_mut(&addr)?;
         let now = Instant::now();
         while let Some(candidate) = idle.pop_back() {
-            if candidate.expires > now && is_open(&candidate.stream) {
+            if candidate.kind == kind && candidate.expires > now && is_open(&candidate.stream) {
                 return Some(candidate.stream);
             }
         }
@@ -177,43 +188,59 @@ impl IdlePool {
     }
 }
 
-/// One TCP connect to a backend, within `timeout`.
+/// One connect to a backend: TCP, `preface` (a PROXY header, or nothing), then with `tls` the
+/// TLS handshake, all within `timeout`. A handshake that fails (certificate not trusted, wrong
+/// name, expired, not TLS) is a failed connect like a refusal: logged with why, and the caller
+/// moves on to the next backend.
 pub(crate) async fn connect(
     addr: SocketAddr,
+    tls: Option<&Upstream>,
+    preface: &[u8],
     timeout: Duration,
-) -> Result<TcpStream, HandshakeError> {
-    match tokio::time::timeout(timeout, TcpStream::connect(addr)).await {
-        Ok(Ok(stream)) => {
-            let _ = stream.set_nodelay(true);
-            Ok(stream)
-        }
-        Ok(Err(source)) => {
+) -> Result<BackendStream, HandshakeError> {
+    match sluice_tls::upstream::connect(addr, tls, preface, timeout).await {
+        Ok(stream) => Ok(stream),
+        Err(ConnectError::Refused(source)) => {
             warn!(backend = %addr, error = %source, "connect failed");
             Err(HandshakeError::BackendRefused {
                 backend: addr,
                 source,
             })
         }
-        Err(_) => {
-            warn!(backend = %addr, timeout = ?timeout, "connect timed out");
+        Err(ConnectError::Timeout) => {
+            warn!(backend = %addr, timeout = ?timeout, tls = tls.is_some(), "connect timed out");
             Err(HandshakeError::BackendConnectTimeout { backend: addr })
         }
+        Err(ConnectError::Tls { reason }) => {
+            warn!(backend = %addr, error = %reason, "TLS handshake with the backend failed");
+            Err(HandshakeError::BackendTls {
+                backend: addr,
+                reason,
+            })
+        }
     }
+}
+
+/// The idle-pool kind of connections made with `tls`: 0 for plain TCP, else its id.
+fn kind(tls: Option<&Upstream>) -> u64 {
+    tls.map_or(0, Upstream::id)
 }
 
 /// The passive-check reason of a failed [`connect`].
 pub(crate) fn failure_reason(error: &HandshakeError) -> &'static str {
     match error {
         HandshakeError::BackendConnectTimeout { .. } => "connect_timeout",
+        HandshakeError::BackendTls { .. } => "tls_failed",
         _ => "connect_refused",
     }
 }
 
-/// Whether an idle connection still looks usable: nothing to read (no end of file, no error,
-/// no stray bytes from the backend).
-fn is_open(stream: &TcpStream) -> bool {
+/// Whether an idle connection still looks usable: nothing to read on its socket (no end of
+/// file, no error, no stray bytes from the backend; for TLS, no record either, such as a
+/// close_notify: a connection found with one is closed).
+fn is_open(stream: &BackendStream) -> bool {
     let mut probe = [0u8; 1];
-    matches!(stream.try_read(&mut probe), Err(e) if e.kind() == std::io::ErrorKind::WouldBlock)
+    matches!(stream.tcp().try_read(&mut probe), Err(e) if e.kind() == std::io::ErrorKind::WouldBlock)
 }
 
 /// Closes idle connections as they expire (and dead ones on the way), until none is left.
@@ -254,7 +281,7 @@ fn lock(inner: &Mutex<Inner>) -> MutexGuard<'_, Inner> {
 #[cfg(test)]
 mod tests {
     use tokio::io::AsyncWriteExt;
-    use tokio::net::TcpListener;
+    use tokio::net::{TcpListener, TcpStream};
 
     use super::*;
 
@@ -275,7 +302,14 @@ mod tests {
             let (client, server) = pair(&listener).await;
             ports.push(client.local_addr().expect("addr").port());
             servers.push(server);
-            pool.put("p", addr, client, 2, Duration::from_secs(60));
+            pool.put(
+                "p",
+                addr,
+                None,
+                BackendStream::Plain(client),
+                2,
+                Duration::from_secs(60),
+            );
         }
         assert_eq!(pool.len(), 2, "the oldest was closed");
         // The backend closes the newest one: it is skipped.
@@ -285,19 +319,31 @@ mod tests {
         let deadline = Instant::now() + Duration::from_secs(5);
         let taken = loop {
             // The FIN may take a moment to arrive.
-            let taken = pool.take("p", addr).expect("one left");
-            let port = taken.local_addr().expect("addr").port();
+            let taken = pool.take("p", addr, 0).expect("one left");
+            let port = taken.tcp().local_addr().expect("addr").port();
             if port != ports[2] || Instant::now() > deadline {
                 break taken;
             }
-            pool.put("p", addr, taken, 2, Duration::from_secs(60));
+            pool.put("p", addr, None, taken, 2, Duration::from_secs(60));
             tokio::task::yield_now().await;
         };
-        assert_eq!(taken.local_addr().expect("addr").port(), ports[1]);
+        assert_eq!(taken.tcp().local_addr().expect("addr").port(), ports[1]);
         assert_eq!(pool.len(), 0);
-        assert!(pool.take("p", addr).is_none());
-        assert!(pool.take("other", addr).is_none());
-        pool.put("p", addr, taken, 0, Duration::from_secs(60));
+        assert!(pool.take("p", addr, 0).is_none());
+        assert!(pool.take("other", addr, 0).is_none());
+        // A connection of another kind (TLS of some generation) is closed, not handed out.
+        pool.put("p", addr, None, taken, 2, Duration::from_secs(60));
+        assert!(pool.take("p", addr, 7).is_none());
+        assert_eq!(pool.len(), 0);
+        let (client, _server) = pair(&listener).await;
+        pool.put(
+            "p",
+            addr,
+            None,
+            BackendStream::Plain(client),
+            0,
+            Duration::from_secs(60),
+        );
         assert_eq!(pool.len(), 0, "max 0 keeps nothing");
     }
 
@@ -307,9 +353,23 @@ mod tests {
         let addr = listener.local_addr().expect("addr");
         let pool = IdlePool::default();
         let (client, _server) = pair(&listener).await;
-        pool.put("p", addr, client, 4, Duration::from_secs(4));
+        pool.put(
+            "p",
+            addr,
+            None,
+            BackendStream::Plain(client),
+            4,
+            Duration::from_secs(4),
+        );
         let (client, _server2) = pair(&listener).await;
-        pool.put("p", addr, client, 4, Duration::from_secs(8));
+        pool.put(
+            "p",
+            addr,
+            None,
+            BackendStream::Plain(client),
+            4,
+            Duration::from_secs(8),
+        );
         assert_eq!(pool.len(), 2);
         tokio::time::sleep(Duration::from_secs(5)).await;
         assert_eq!(pool.len(), 1);

@@ -47,8 +47,9 @@ pub enum ReloadError {
     /// A new listener could not be bound.
     #[error(transparent)]
     Bind(#[from] BindError),
-    /// Certificates of a TLS listener could not be loaded (missing file, bad PEM, a key that
-    /// does not match its certificate, a route host no certificate covers).
+    /// Certificates of a TLS listener, or a pool's TLS files (CA bundle, client certificate),
+    /// could not be loaded (missing file, bad PEM, a key that does not match its certificate,
+    /// a route host no certificate covers).
     #[error("TLS certificates:\n{}", .0.join("\n"))]
     Tls(Vec<String>),
     /// The server is shutting down.

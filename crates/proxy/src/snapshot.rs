@@ -9,7 +9,10 @@ use sluice_balance::{Backend, Pool};
 use sluice_config::{Config, HostMatch, Listener, ListenerTls};
 use sluice_handshake::Router;
 use sluice_metrics::{BackendMetrics, ListenerMetrics, PoolMetrics};
-use sluice_tls::{CertificateFiles, NamePattern, ServerCertificates, SniMap, WildcardDepth};
+use sluice_tls::{
+    CertificateFiles, NamePattern, ServerCertificates, SniMap, Upstream, UpstreamSettings,
+    WildcardDepth,
+};
 use tracing::warn;
 
 /// Routes, pools and balancer state of one configuration generation.
@@ -22,6 +25,9 @@ pub struct Snapshot {
     /// Shared (`Arc`) so a connection holds them past the snapshot without copying labels.
     pool_metrics: Vec<(Arc<PoolMetrics>, Vec<Arc<BackendMetrics>>)>,
     listeners: Vec<ListenerRuntime>,
+    /// TLS to the backends of each pool (same order as `pools`; `None`: plain TCP), built once
+    /// for this generation.
+    upstreams: Vec<Option<Arc<Upstream>>>,
     /// Certificates that could not be loaded: the snapshot must not go live (start and reload
     /// refuse it).
     tls_errors: Vec<String>,
@@ -93,6 +99,11 @@ impl Snapshot {
             .collect();
         let pool_index = |name: &str| config.pools.iter().position(|p| p.name == name);
         let mut tls_errors = Vec::new();
+        let upstreams = config
+            .pools
+            .iter()
+            .map(|p| load_upstream(p, &mut tls_errors))
+            .collect();
         let listeners = config
             .listeners
             .iter()
@@ -128,8 +139,14 @@ impl Snapshot {
             pools,
             pool_metrics,
             listeners,
+            upstreams,
             tls_errors,
         }
+    }
+
+    /// TLS to the backends of the pool at a router's index (`None`: plain TCP).
+    pub fn upstream(&self, index: usize) -> Option<&Arc<Upstream>> {
+        self.upstreams.get(index).and_then(Option::as_ref)
     }
 
     /// Why certificates could not be loaded, one line each; empty when all loaded.
@@ -190,10 +207,14 @@ impl Snapshot {
     }
 }
 
-/// Loads the certificates of every TLS listener of `config` as a start or a reload would, and
-/// returns what would refuse it, one line each (empty: all load). For `sluice check`.
+/// Loads the certificates of every TLS listener and the TLS settings of every pool of `config`
+/// as a start or a reload would, and returns what would refuse it, one line each (empty: all
+/// load). For `sluice check`.
 pub fn check_tls(config: &Config) -> Vec<String> {
     let mut errors = Vec::new();
+    for pool in &config.pools {
+        load_upstream(pool, &mut errors);
+    }
     for listener in &config.listeners {
         if let Some(tls) = &listener.tls {
             load_tls(config, listener, tls, &mut errors);
@@ -257,6 +278,41 @@ fn load_tls(
         }
         Err(error) => {
             errors.push(format!("listener {}: {error}", listener.name));
+            None
+        }
+    }
+}
+
+/// Loads a pool's TLS to its backends, if it has one; a failure goes to `errors`, at the key
+/// that names the file concerned (file:line:col). `verify = false` is a warning.
+fn load_upstream(pool: &sluice_config::Pool, errors: &mut Vec<String>) -> Option<Arc<Upstream>> {
+    let tls = pool.tls.as_ref()?;
+    let settings = UpstreamSettings {
+        ca: tls.ca.as_ref().map(|c| c.path.as_path()),
+        client_cert: tls
+            .client_cert
+            .as_ref()
+            .map(|(cert, key)| (cert.path.as_path(), key.path.as_path())),
+        sni: tls.sni.as_deref(),
+        verify: tls.verify,
+    };
+    match Upstream::load(&settings) {
+        Ok(upstream) => {
+            for warning in &upstream.warnings {
+                warn!(pool = %pool.name, "{}", tls.at.error(warning));
+            }
+            Some(Arc::new(upstream))
+        }
+        Err(error) => {
+            let files = tls
+                .ca
+                .iter()
+                .chain(tls.client_cert.iter().flat_map(|(c, k)| [c, k]));
+            let at = error
+                .path()
+                .and_then(|path| files.clone().find(|f| f.path == path))
+                .map_or(&tls.at, |f| &f.at);
+            errors.push(at.error(&error).to_string());
             None
         }
     }

@@ -16,6 +16,8 @@
 //!   - [`HttpBackend`]: plain HTTP/1.1 with behaviours chosen by path (streamed bodies both
 //!     ways, chunked answers, `HEAD`/204/304, `100 Continue`, close-delimited and truncated
 //!     answers, a connection that dies on its second request) for the plain-HTTP path.
+//!   - [`TlsFront`]: any of them behind TLS (terminates, records the server name asked for,
+//!     pipes the plaintext), with certificates from a throwaway [`TestCa`].
 //!   - [`Blackhole`] (never answers), [`StaticResponder`] (a fixed raw answer, see
 //!     [`responses`]), [`refused_addr`] (nothing listening), [`TcpEcho`] (raw bytes, half-close
 //!     honoured).
@@ -37,6 +39,7 @@ mod http;
 mod http_backend;
 mod misbehave;
 mod server;
+mod tls;
 
 pub use client::{
     CLIENT_MAX_MESSAGE_SIZE, RawClient, RawResponse, WsResponse, WsStream, connect_from,
@@ -48,6 +51,7 @@ pub use http::{ProxyHeader, RecordedRequest};
 pub use http_backend::{Checksum, HttpBackend, checksum, pattern};
 pub use misbehave::{AfterResponse, Blackhole, StaticResponder, TcpEcho, refused_addr, responses};
 pub use server::{CloseMode, ConnectionLog, ServerHandle};
+pub use tls::{TestCa, TestCert, TlsFront};
 
 /// Re-exported so tests need no direct dependency to build messages and match errors.
 pub use tokio_tungstenite::WebSocketStream;

@@ -60,6 +60,23 @@ pub enum CertError {
     Empty,
 }
 
+impl CertError {
+    /// The file the error is about (the key's, for a mismatch), if one.
+    pub fn path(&self) -> Option<&Path> {
+        match self {
+            CertError::Read { path, .. }
+            | CertError::NoCertificate { path }
+            | CertError::Pem { path, .. }
+            | CertError::NoKey { path }
+            | CertError::Key { path, .. }
+            | CertError::BadCertificate { path, .. }
+            | CertError::NoNames { path } => Some(path),
+            CertError::KeyMismatch { key, .. } => Some(key),
+            CertError::Empty => None,
+        }
+    }
+}
+
 /// Certificates loaded for one listener.
 pub struct ServerCertificates {
     /// The rustls configuration to accept with (TLS 1.2 and 1.3, ALPN `http/1.1`).
@@ -146,28 +163,13 @@ pub fn load(
 type Loaded = (Arc<CertifiedKey>, Vec<NamePattern>, Option<u64>);
 
 fn load_one(file: &CertificateFiles<'_>, provider: &CryptoProvider) -> Result<Loaded, CertError> {
-    let cert_pem = read(file.cert)?;
-    let chain = CertificateDer::pem_slice_iter(&cert_pem)
-        .collect::<Result<Vec<_>, _>>()
-        .map_err(|e| CertError::Pem {
-            path: file.cert.to_owned(),
-            reason: e.to_string(),
-        })?;
+    let chain = read_chain(file.cert)?;
     let Some(leaf) = chain.first().cloned() else {
         return Err(CertError::NoCertificate {
             path: file.cert.to_owned(),
         });
     };
-    let key_pem = read(file.key)?;
-    let key = PrivateKeyDer::from_pem_slice(&key_pem).map_err(|e| match e {
-        rustls_pki_types::pem::Error::NoItemsFound => CertError::NoKey {
-            path: file.key.to_owned(),
-        },
-        e => CertError::Pem {
-            path: file.key.to_owned(),
-            reason: e.to_string(),
-        },
-    })?;
+    let key = read_key(file.key)?;
     let signing = provider
         .key_provider
         .load_private_key(key)
@@ -196,6 +198,31 @@ fn load_one(file: &CertificateFiles<'_>, provider: &CryptoProvider) -> Result<Lo
         });
     }
     Ok((Arc::new(certified), names, crate::der::not_after(&leaf)))
+}
+
+/// Every PEM certificate of a file, in order (empty when it has none).
+pub(crate) fn read_chain(path: &Path) -> Result<Vec<CertificateDer<'static>>, CertError> {
+    let pem = read(path)?;
+    CertificateDer::pem_slice_iter(&pem)
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| CertError::Pem {
+            path: path.to_owned(),
+            reason: e.to_string(),
+        })
+}
+
+/// The first PEM private key of a file: PKCS#8, PKCS#1 (RSA) or SEC1 (EC).
+pub(crate) fn read_key(path: &Path) -> Result<PrivateKeyDer<'static>, CertError> {
+    let pem = read(path)?;
+    PrivateKeyDer::from_pem_slice(&pem).map_err(|e| match e {
+        rustls_pki_types::pem::Error::NoItemsFound => CertError::NoKey {
+            path: path.to_owned(),
+        },
+        e => CertError::Pem {
+            path: path.to_owned(),
+            reason: e.to_string(),
+        },
+    })
 }
 
 fn read(path: &Path) -> Result<Vec<u8>, CertError> {
