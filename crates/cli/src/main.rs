@@ -11,7 +11,11 @@
 //! keeps the running configuration); SIGTERM/SIGINT shut down gracefully; a second one exits
 //! at once. A binary upgrade (`--upgrade-from`, see `upgrade.rs`) ends the old process as a
 //! SIGTERM would.
+//!
+//! Under a service manager that sets `NOTIFY_SOCKET` (systemd `Type=notify` or
+//! `Type=notify-reload`), `run` reports readiness, reloads and shutdown to it (`notify.rs`).
 
+mod notify;
 mod upgrade;
 
 use std::path::PathBuf;
@@ -21,6 +25,8 @@ use anyhow::Context as _;
 use clap::{Parser, Subcommand, ValueEnum};
 use tokio::signal::unix::{SignalKind, signal};
 use tracing::{info, warn};
+
+use notify::Notifier;
 
 /// Exit code for an invalid configuration (EX_USAGE, as the `check` contract promises).
 const EXIT_CONFIG: u8 = 64;
@@ -176,10 +182,15 @@ fn run(
         .context("cannot start the runtime")?;
     runtime.block_on(async {
         let server = sluice_proxy::Server::new(config);
+        let notifier = std::sync::Arc::new(Notifier::from_env());
         // Signal handlers first: a SIGHUP or SIGTERM that arrives once the listeners accept
         // (or once the pid file names this process) must never meet the default action.
-        let reloads = reload_on_hangup(server.clone(), path.to_owned())
-            .context("cannot install the SIGHUP handler")?;
+        let reloads = reload_on_hangup(
+            server.clone(),
+            path.to_owned(),
+            std::sync::Arc::clone(&notifier),
+        )
+        .context("cannot install the SIGHUP handler")?;
         let shutdown = shutdown_signal().context("cannot install signal handlers")?;
         let (listeners, upgrades) = upgrade.bind(&server).await?;
         let _pid_file = pid_file.map(PidFile::create).transpose()?;
@@ -197,7 +208,25 @@ fn run(
                 () = upgrades.serve(&server) => handed_over.set(true),
             }
         };
-        server.run(listeners, shutdown).await?;
+        // `run` polls the shutdown future for the first time once every listener accepts and
+        // the admin listener serves: the moment to say READY=1.
+        let handed = &handed_over;
+        let served = {
+            let server = server.clone();
+            async move {
+                notifier.ready(&serving_status(&server, ""));
+                shutdown.await;
+                // After a handover the successor is the service (it sent READY=1 with its
+                // MAINPID): STOPPING=1 from here would tell the manager the service is ending.
+                if !handed.get() {
+                    notifier.stopping(&format!(
+                        "shutting down: draining {} tunnels",
+                        server.live_tunnels()
+                    ));
+                }
+            }
+        };
+        server.run(listeners, served).await?;
         if let Some(path) = upgrade_socket.filter(|_| !handed_over.get()) {
             // The successor, if any, owns the socket path now; otherwise it goes with us.
             let _ = std::fs::remove_file(path);
@@ -208,19 +237,35 @@ fn run(
 }
 
 /// Reloads the configuration file at each SIGHUP. Signals arriving during a reload are
-/// coalesced into one more reload after it: none is lost, none runs twice at once.
+/// coalesced into one more reload after it: none is lost, none runs twice at once. Each
+/// reload is bracketed by `RELOADING=1` and `READY=1` for the service manager.
 fn reload_on_hangup(
     server: sluice_proxy::Server,
     path: PathBuf,
+    notifier: std::sync::Arc<Notifier>,
 ) -> std::io::Result<tokio::task::JoinHandle<()>> {
     let mut hangup = signal(SignalKind::hangup())?;
     Ok(tokio::spawn(async move {
         while hangup.recv().await.is_some() {
             info!(signal = "SIGHUP", config = %path.display(), "reloading the configuration");
+            notifier.reloading();
             // Success and every cause of failure are logged by the server.
-            let _ = server.reload_file(&path).await;
+            let outcome = match server.reload_file(&path).await {
+                Ok(_) => "",
+                Err(_) => "reload refused (see the log); ",
+            };
+            notifier.ready(&serving_status(&server, outcome));
         }
     }))
+}
+
+/// The `STATUS=` line of a READY notification: what `systemctl status` shows.
+fn serving_status(server: &sluice_proxy::Server, prefix: &str) -> String {
+    format!(
+        "{prefix}serving configuration generation {}, {} tunnels",
+        server.snapshot().generation(),
+        server.live_tunnels()
+    )
 }
 
 /// Resolves at the first SIGTERM or SIGINT; a second one exits at once.

@@ -15,13 +15,7 @@ use futures_util::{SinkExt, StreamExt};
 use rustix::process::Signal;
 use sluice_testkit::{EchoBackend, Message, ws_connect};
 
-fn config(backends: &[SocketAddr]) -> String {
-    common::config(
-        backends,
-        "balance = \"round_robin\"",
-        "[timeouts]\nshutdown = \"5s\"\nshutdown_spread = \"1s\"",
-    )
-}
+use common::round_robin as config;
 
 async fn landed(addr: SocketAddr) -> String {
     common::landed(addr, &[]).await

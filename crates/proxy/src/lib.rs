@@ -387,7 +387,8 @@ impl Server {
     /// Serves on these listeners until `shutdown` resolves (pools with DNS discovery are
     /// resolved first: no connection is accepted before); then stops accepting, gives live
     /// connections until the shutdown deadline to finish, closes what is left (oldest first,
-    /// spread over the end of the deadline), and returns.
+    /// spread over the end of the deadline), and returns. `shutdown` is first polled once every
+    /// listener accepts and the admin listener serves (the binary reports readiness then).
     pub async fn run(
         &self,
         listeners: Vec<BoundListener>,

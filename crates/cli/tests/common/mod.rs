@@ -58,6 +58,15 @@ pub fn config(backends: &[SocketAddr], pool: &str, extra: &str) -> String {
     )
 }
 
+/// [`config`] with a `round_robin` pool and a short shutdown (5 s, the last 1 s spread).
+pub fn round_robin(backends: &[SocketAddr]) -> String {
+    config(
+        backends,
+        "balance = \"round_robin\"",
+        "[timeouts]\nshutdown = \"5s\"\nshutdown_spread = \"1s\"",
+    )
+}
+
 /// Opens a WebSocket through `addr` with these headers, closes it, and returns the name of
 /// the backend that answered (`X-Backend`).
 pub async fn landed(addr: SocketAddr, headers: &[(&str, &str)]) -> String {
@@ -113,11 +122,18 @@ impl Sluice {
     /// (listeners bound, signal handlers and pid file in place) and its listener `public`
     /// (configured on port 0) accepts connections at the address it logged.
     pub async fn start(config: &Path, extra: &[&str]) -> Self {
+        Self::start_with_env(config, extra, &[]).await
+    }
+
+    /// As [`Sluice::start`], with these environment variables (`RUST_LOG` is `info` unless
+    /// given).
+    pub async fn start_with_env(config: &Path, extra: &[&str], env: &[(&str, &str)]) -> Self {
         let mut child = Command::new(SLUICE)
             .args(["run", "--log-format", "json", "--config"])
             .arg(config)
             .args(extra)
             .env("RUST_LOG", "info")
+            .envs(env.iter().copied())
             .stderr(Stdio::piped())
             .spawn()
             .unwrap();
