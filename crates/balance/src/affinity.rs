@@ -251,35 +251,25 @@ pub(crate) mod tests {
         factor: Option<f64>,
     ) -> sluice_config::Pool {
         sluice_config::Pool {
-            name: "chat".into(),
             balance,
             hash: (balance == Balance::Hash).then(|| HashPolicy {
                 key: HashKey::Cookie("session".into()),
                 fallback: Balance::LeastConn,
                 balance_factor: factor,
             }),
-            sticky_cookie: None,
-            backends: weights
-                .iter()
-                .enumerate()
-                .map(|(i, &weight)| sluice_config::Backend {
-                    addr: addr(i),
-                    weight,
-                })
-                .collect(),
-            discovery: None,
-            source_addrs: Vec::new(),
-            connect_attempts: 3,
-            drain_timeout: None,
             drain_spread: std::time::Duration::ZERO,
-            health_check: None,
-            outlier: None,
-            slow_start: None,
             idle_connections: 0,
-            idle_timeout: std::time::Duration::from_secs(4),
-            send_proxy_protocol: None,
-            max_connections_per_backend: None,
-            tls: None,
+            ..sluice_config::Pool::with_backends(
+                "chat",
+                weights
+                    .iter()
+                    .enumerate()
+                    .map(|(i, &weight)| sluice_config::Backend {
+                        addr: addr(i),
+                        weight,
+                    })
+                    .collect(),
+            )
         }
     }
 

@@ -841,30 +841,20 @@ mod tests {
     #[test]
     fn reload_keeps_identity_of_backends_that_stay() {
         let config = |ports: &[u16]| sluice_config::Pool {
-            name: "p".into(),
             balance: Balance::LeastConn,
-            hash: None,
-            sticky_cookie: None,
-            backends: ports
-                .iter()
-                .map(|&port| sluice_config::Backend {
-                    addr: addr(port),
-                    weight: 1,
-                })
-                .collect(),
-            discovery: None,
-            source_addrs: Vec::new(),
             connect_attempts: 2,
-            drain_timeout: None,
             drain_spread: std::time::Duration::ZERO,
-            health_check: None,
-            outlier: None,
-            slow_start: None,
             idle_connections: 0,
-            idle_timeout: std::time::Duration::from_secs(4),
-            send_proxy_protocol: None,
-            max_connections_per_backend: None,
-            tls: None,
+            ..sluice_config::Pool::with_backends(
+                "p",
+                ports
+                    .iter()
+                    .map(|&port| sluice_config::Backend {
+                        addr: addr(port),
+                        weight: 1,
+                    })
+                    .collect(),
+            )
         };
         let old = Pool::from_config(&config(&[1, 2]), |_| None);
         let _live = old.backends()[1].acquire();

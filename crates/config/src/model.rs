@@ -254,6 +254,34 @@ pub struct Pool {
     pub tls: Option<PoolTls>,
 }
 
+impl Pool {
+    /// The pool a file gives for `[pools.NAME]` with only `backends`: every other setting at
+    /// its default (`defaults.rs`). Other crates' tests start from it and change what they
+    /// test (`Pool { balance: Balance::Hash, ..Pool::with_backends(..) }`).
+    pub fn with_backends(name: impl Into<String>, backends: Vec<Backend>) -> Self {
+        Self {
+            name: name.into(),
+            balance: crate::defaults::BALANCE,
+            hash: None,
+            sticky_cookie: None,
+            backends,
+            discovery: None,
+            source_addrs: Vec::new(),
+            connect_attempts: crate::defaults::CONNECT_ATTEMPTS,
+            drain_timeout: crate::defaults::DRAIN_TIMEOUT,
+            drain_spread: crate::defaults::DRAIN_SPREAD,
+            health_check: None,
+            outlier: None,
+            slow_start: None,
+            idle_connections: crate::defaults::IDLE_CONNECTIONS,
+            idle_timeout: crate::defaults::IDLE_TIMEOUT,
+            send_proxy_protocol: crate::defaults::SEND_PROXY_PROTOCOL,
+            max_connections_per_backend: crate::defaults::MAX_CONNECTIONS_PER_BACKEND,
+            tls: None,
+        }
+    }
+}
+
 /// A pool's `tls` table: how sluice speaks TLS to its backends.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PoolTls {

@@ -111,6 +111,12 @@ fn a_minimal_file_parses_with_defaults() {
             admin: None,
         }
     );
+    // The constructor other crates' tests build pools with gives what the file gives.
+    let backend = Backend {
+        addr: addr("127.0.0.1:9001"),
+        weight: 1,
+    };
+    assert_eq!(config.pools[0], Pool::with_backends("main", vec![backend]));
 }
 
 #[test]

@@ -285,7 +285,7 @@ fn next_interval(check: &HealthCheck, rng: &mut Rng) -> Duration {
 mod tests {
     use std::time::Duration;
 
-    use sluice_balance::{Balance, CheckFailure};
+    use sluice_balance::CheckFailure;
     use sluice_config::{CheckKind, Jitter};
     use sluice_testkit::{EchoBackend, StaticResponder, refused_addr, wait_until};
 
@@ -315,27 +315,17 @@ mod tests {
         known: impl Fn(SocketAddr) -> Option<Arc<Backend>>,
     ) -> Arc<Pool> {
         let config = sluice_config::Pool {
-            name: name.into(),
-            balance: Balance::RoundRobin,
-            hash: None,
-            sticky_cookie: None,
-            backends: addrs
-                .iter()
-                .map(|&addr| sluice_config::Backend { addr, weight: 1 })
-                .collect(),
-            discovery: None,
-            source_addrs: Vec::new(),
             connect_attempts: 2,
-            drain_timeout: None,
             drain_spread: Duration::ZERO,
             health_check: check,
-            outlier: None,
-            slow_start: None,
             idle_connections: 0,
-            idle_timeout: Duration::from_secs(4),
-            send_proxy_protocol: None,
-            max_connections_per_backend: None,
-            tls: None,
+            ..sluice_config::Pool::with_backends(
+                name,
+                addrs
+                    .iter()
+                    .map(|&addr| sluice_config::Backend { addr, weight: 1 })
+                    .collect(),
+            )
         };
         Arc::new(Pool::from_config(&config, known))
     }
