@@ -50,12 +50,7 @@ impl Config {
                 write!(
                     out,
                     "  accept_proxy_protocol from {}",
-                    accept
-                        .from
-                        .iter()
-                        .map(ToString::to_string)
-                        .collect::<Vec<_>>()
-                        .join(",")
+                    comma_list(&accept.from)
                 )?;
             }
             if let Some(max) = l.max_connections {
@@ -69,15 +64,7 @@ impl Config {
                 )?;
             }
             if !l.trusted_proxies.is_empty() {
-                write!(
-                    out,
-                    "  trusted_proxies {}",
-                    l.trusted_proxies
-                        .iter()
-                        .map(ToString::to_string)
-                        .collect::<Vec<_>>()
-                        .join(",")
-                )?;
+                write!(out, "  trusted_proxies {}", comma_list(&l.trusted_proxies))?;
             }
             writeln!(out)?;
         }
@@ -237,15 +224,7 @@ impl Config {
                 s.ipv4_prefix, s.ipv6_prefix, s.table_size
             )?;
             if !s.exempt.is_empty() {
-                write!(
-                    out,
-                    "  exempt {}",
-                    s.exempt
-                        .iter()
-                        .map(ToString::to_string)
-                        .collect::<Vec<_>>()
-                        .join(",")
-                )?;
+                write!(out, "  exempt {}", comma_list(&s.exempt))?;
             }
             writeln!(out)?;
         }
@@ -287,6 +266,15 @@ impl Config {
             None => writeln!(out, "admin     off"),
         }
     }
+}
+
+/// Networks (or anything displayable) as `a,b,c`.
+fn comma_list<T: std::fmt::Display>(items: &[T]) -> String {
+    items
+        .iter()
+        .map(ToString::to_string)
+        .collect::<Vec<_>>()
+        .join(",")
 }
 
 fn plural(n: usize, noun: &str) -> String {
