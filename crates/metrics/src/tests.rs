@@ -202,11 +202,27 @@ fn docs_list_every_metric() {
         "/../../docs/metrics.md"
     ))
     .expect("docs/metrics.md");
+    let mut missing = Vec::new();
     for m in ALL {
-        assert!(
-            docs.contains(&format!("`{}`", m.name)),
-            "docs/metrics.md does not describe {}",
-            m.name
-        );
+        // The row `| `name` | type | `label`, `label` | meaning |`, as the catalogue declares it.
+        let kind = match m.kind {
+            Kind::Counter => "counter",
+            Kind::Gauge => "gauge",
+            Kind::Histogram => "histogram",
+        };
+        let labels: Vec<String> = m.labels.iter().map(|l| format!("`{l}`")).collect();
+        let row = if labels.is_empty() {
+            format!("| `{}` | {kind} | — |", m.name)
+        } else {
+            format!("| `{}` | {kind} | {} |", m.name, labels.join(", "))
+        };
+        if !docs.lines().any(|line| line.starts_with(&row)) {
+            missing.push(row);
+        }
     }
+    assert!(
+        missing.is_empty(),
+        "docs/metrics.md lacks rows starting:\n{}",
+        missing.join("\n")
+    );
 }
