@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use anyhow::Context as _;
-use sluice_handoff::{Endpoint, Inheritance};
+use sluice_handoff::{Endpoint, HandoffError, Inheritance, Inherited};
 use sluice_proxy::{BoundListener, Server};
 use tracing::{info, warn};
 
@@ -98,26 +98,9 @@ impl Upgrades {
             Self::Serve(endpoint) => endpoint,
             Self::Finish(inheritance, path) => {
                 server.accepting().await;
-                let finished = tokio::task::spawn_blocking(move || {
-                    let done = inheritance.ready();
-                    (done, inheritance)
-                })
-                .await;
-                let Ok((done, inheritance)) = finished else {
-                    warn!("the handoff thread failed: no further upgrades");
+                let Some(inheritance) = inherit_tunnels(server, *inheritance).await else {
                     return std::future::pending().await;
                 };
-                match done {
-                    Ok(kept) => info!(
-                        predecessor = inheritance.predecessor,
-                        kept, "took over: the predecessor stopped accepting and drains"
-                    ),
-                    Err(error) => warn!(
-                        predecessor = inheritance.predecessor,
-                        %error,
-                        "took over, but the predecessor did not confirm it stopped accepting"
-                    ),
-                }
                 match Endpoint::adopt(inheritance.endpoint, &path) {
                     Ok(endpoint) => endpoint,
                     Err(error) => {
@@ -129,4 +112,63 @@ impl Upgrades {
         };
         server.serve_upgrades(endpoint).await;
     }
+}
+
+/// Tells the predecessor this process accepts, then takes its tunnels batch by batch until it
+/// is done: each batch is checked, acknowledged, and relayed here once the predecessor let go
+/// of it. A failure ends the inheritance (the predecessor keeps what it did not hand over);
+/// this process serves on either way. `None` only if a handoff thread panicked.
+async fn inherit_tunnels(server: &Server, inheritance: Inheritance) -> Option<Inheritance> {
+    let predecessor = inheritance.predecessor;
+    let (ready, mut inheritance) = blocking(inheritance, |i| i.ready()).await?;
+    if let Err(error) = ready {
+        warn!(predecessor, %error, "took over, but the predecessor did not hear it");
+        return Some(inheritance);
+    }
+    let mut adopted = 0;
+    loop {
+        let next;
+        (next, inheritance) = blocking(inheritance, |i| i.next()).await?;
+        match next {
+            Ok(Inherited::Tunnels(batch)) => {
+                let adoption = server.adopt_tunnels(batch);
+                let refused = adoption.refused();
+                let released;
+                (released, inheritance) =
+                    blocking(inheritance, move |i| i.adopted(refused)).await?;
+                if let Err(error) = released {
+                    // Closed untouched: the predecessor resumes them, or is gone.
+                    warn!(predecessor, %error, tunnels = adoption.len(), "the predecessor did not release a batch of tunnels");
+                    return Some(inheritance);
+                }
+                adopted += adoption.len();
+                server.start_adopted(adoption);
+            }
+            Ok(Inherited::Done { kept }) => {
+                info!(
+                    predecessor,
+                    adopted,
+                    kept,
+                    "took over: tunnels relayed here; the predecessor drains what it kept"
+                );
+                return Some(inheritance);
+            }
+            Err(error) => {
+                warn!(predecessor, adopted, %error, "the predecessor stopped handing tunnels over");
+                return Some(inheritance);
+            }
+        }
+    }
+}
+
+/// Runs a step of the (blocking) conversation on a thread of its own; `None` if it panicked.
+async fn blocking<T: Send + 'static>(
+    inheritance: Inheritance,
+    step: impl FnOnce(&Inheritance) -> Result<T, HandoffError> + Send + 'static,
+) -> Option<(Result<T, HandoffError>, Inheritance)> {
+    let ran = tokio::task::spawn_blocking(move || (step(&inheritance), inheritance)).await;
+    if let Err(error) = &ran {
+        warn!(%error, "the handoff thread failed: no further upgrades");
+    }
+    ran.ok()
 }
