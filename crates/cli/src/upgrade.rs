@@ -172,3 +172,54 @@ async fn blocking<T: Send + 'static>(
     }
     ran.ok()
 }
+
+/// At each SIGUSR2, starts `exe args` (the binary now at this one's path, told to take over
+/// from this process) unless the last one started is still running: nginx's binary upgrade
+/// signal. The successor's exit, if it fails, is logged here; once it took over, this process
+/// drains and exits and the successor lives on (its parent becomes the service manager or
+/// init).
+pub(crate) fn start_successor_on_signal(
+    exe: PathBuf,
+    args: Vec<std::ffi::OsString>,
+) -> std::io::Result<tokio::task::JoinHandle<()>> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut usr2 = signal(SignalKind::user_defined2())?;
+    Ok(tokio::spawn(async move {
+        let running = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        while usr2.recv().await.is_some() {
+            if running.load(std::sync::atomic::Ordering::Acquire) {
+                warn!(
+                    signal = "SIGUSR2",
+                    "an upgrade is under way: signal ignored"
+                );
+                continue;
+            }
+            info!(signal = "SIGUSR2", binary = %exe.display(), "starting the successor");
+            let spawned = std::process::Command::new(&exe)
+                .args(&args)
+                .stdin(std::process::Stdio::null())
+                .spawn();
+            let mut child = match spawned {
+                Ok(child) => child,
+                Err(error) => {
+                    warn!(%error, binary = %exe.display(), "cannot start the successor");
+                    continue;
+                }
+            };
+            running.store(true, std::sync::atomic::Ordering::Release);
+            let running = std::sync::Arc::clone(&running);
+            // Reaped here (never a zombie); this thread ends with the process otherwise.
+            std::thread::spawn(move || {
+                let pid = child.id();
+                match child.wait() {
+                    Ok(status) if status.success() => info!(pid, "the successor exited"),
+                    Ok(status) => {
+                        warn!(pid, %status, "the successor failed: this process keeps serving")
+                    }
+                    Err(error) => warn!(pid, %error, "cannot wait for the successor"),
+                }
+                running.store(false, std::sync::atomic::Ordering::Release);
+            });
+        }
+    }))
+}

@@ -345,3 +345,93 @@ async fn a_successor_dying_mid_transfer_leaves_the_predecessor_serving_every_tun
     }
     assert_eq!(second.stop().await.code(), Some(0));
 }
+
+/// Whether process `pid` has exited (gone, or a zombie waiting for its new parent).
+fn exited(pid: u32) -> bool {
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Err(_) => true,
+        Ok(stat) => stat
+            .rsplit_once(')')
+            .is_some_and(|(_, rest)| rest.trim_start().starts_with('Z')),
+    }
+}
+
+/// `sluice upgrade --pid-file` (SIGUSR2): the running process starts the binary at its own
+/// path as its successor, which takes the tunnels over, rewrites the pid file and serves on;
+/// the old process exits.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_upgrade_command_starts_the_successor_itself() {
+    const TUNNELS: usize = 50;
+    let backend = echo_backend().await;
+    let path = temp_file("sluice.toml", &config(&[backend.addr()]));
+    let socket = socket_beside(&path);
+    let pid_file = path.with_file_name("sluice.pid");
+    let first = Sluice::start(
+        &path,
+        &[
+            "--upgrade-socket",
+            socket.to_str().unwrap(),
+            "--pid-file",
+            pid_file.to_str().unwrap(),
+        ],
+    )
+    .await;
+    let first_pid = first.child.id();
+    let stop = Arc::new(AtomicBool::new(false));
+    let talkers: Vec<Talker> = open_tunnels(first.addr, TUNNELS)
+        .await
+        .into_iter()
+        .enumerate()
+        .map(|(id, ws)| Talker::start(id, ws, Duration::from_millis(20), Arc::clone(&stop)))
+        .collect();
+
+    let out = std::process::Command::new(common::SLUICE)
+        .args(["upgrade", "--pid-file", pid_file.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    assert!(String::from_utf8_lossy(&out.stdout).contains("sent SIGUSR2"));
+    // The successor writes to the same standard error: its lines are in this log.
+    first.wait_log(&["starting the successor"], SOON).await;
+    let took = first.wait_log(&["took over", "adopted"], SOON).await;
+    assert!(number(&took, "adopted") >= TUNNELS as u64, "{took}");
+    let started = first
+        .log()
+        .into_iter()
+        .find(|l| l.contains("sluice started") && !l.contains(&format!("\"pid\":{first_pid}")))
+        .expect("the successor's start line");
+    let successor = u32::try_from(number(&started, "pid")).unwrap();
+    let mut first = first;
+    let status = tokio::task::spawn_blocking(move || {
+        let status = common::wait_exit(&mut first.child, SOON);
+        (status, first)
+    })
+    .await
+    .unwrap();
+    assert_eq!(status.0.code(), Some(0));
+    assert_eq!(
+        std::fs::read_to_string(&pid_file).unwrap().trim(),
+        successor.to_string(),
+        "the pid file names the successor"
+    );
+
+    let before: Vec<u64> = talkers.iter().map(Talker::sent).collect();
+    every_talker_moved(&talkers, &before).await;
+    let addr = status.1.addr;
+    assert_eq!(common::landed(addr, &[]).await, backend.name());
+    stop.store(true, Ordering::Relaxed);
+    for talker in talkers {
+        drop(talker.task.await.unwrap().unwrap_or_else(|e| panic!("{e}")));
+    }
+    // Stopped by its pid, as started (through the signal).
+    rustix::process::kill_process(
+        rustix::process::Pid::from_raw(successor as i32).unwrap(),
+        rustix::process::Signal::TERM,
+    )
+    .unwrap();
+    assert!(
+        sluice_testkit::wait_until(SOON, || exited(successor)).await,
+        "the successor did not exit on SIGTERM"
+    );
+    assert!(!pid_file.exists(), "the last process removes its pid file");
+}
