@@ -104,6 +104,16 @@ async fn open_tunnels(addr: SocketAddr, n: usize) -> Vec<WsStream> {
     out
 }
 
+/// `n` tunnels through `addr`, each talking with this pause until `stop`.
+async fn talk(addr: SocketAddr, n: usize, pause: Duration, stop: &Arc<AtomicBool>) -> Vec<Talker> {
+    open_tunnels(addr, n)
+        .await
+        .into_iter()
+        .enumerate()
+        .map(|(id, ws)| Talker::start(id, ws, pause, Arc::clone(stop)))
+        .collect()
+}
+
 /// Waits until every talker sent at least one more message than `before`.
 async fn every_talker_moved(talkers: &[Talker], before: &[u64]) {
     let moved = sluice_testkit::wait_until(SOON, || {
@@ -288,12 +298,7 @@ async fn a_successor_dying_mid_transfer_leaves_the_predecessor_serving_every_tun
     let socket = socket_beside(&path);
     let first = start(&path, "--upgrade-socket", &socket).await;
     let stop = Arc::new(AtomicBool::new(false));
-    let talkers: Vec<Talker> = open_tunnels(first.addr, TUNNELS)
-        .await
-        .into_iter()
-        .enumerate()
-        .map(|(id, ws)| Talker::start(id, ws, Duration::from_millis(20), Arc::clone(&stop)))
-        .collect();
+    let talkers = talk(first.addr, TUNNELS, Duration::from_millis(20), &stop).await;
 
     // A successor that takes the sockets, refuses the first batch of tunnels, and dies with
     // the second in its hands (its descriptors closed by the kernel, as on SIGKILL).
@@ -378,12 +383,7 @@ async fn the_upgrade_command_starts_the_successor_itself() {
     .await;
     let first_pid = first.child.id();
     let stop = Arc::new(AtomicBool::new(false));
-    let talkers: Vec<Talker> = open_tunnels(first.addr, TUNNELS)
-        .await
-        .into_iter()
-        .enumerate()
-        .map(|(id, ws)| Talker::start(id, ws, Duration::from_millis(20), Arc::clone(&stop)))
-        .collect();
+    let talkers = talk(first.addr, TUNNELS, Duration::from_millis(20), &stop).await;
 
     let out = std::process::Command::new(common::SLUICE)
         .args(["upgrade", "--pid-file", pid_file.to_str().unwrap()])
