@@ -260,7 +260,13 @@ async fn bulk_data_sitting_in_pipes_crosses_byte_exact() {
     })
     .await;
     assert!(stalled, "no pipe ever held the tunnel's bytes");
-    let second = start(&path, "--upgrade-from", &socket).await;
+    // With its closed tunnels logged (debug), to read the tunnel's totals.
+    let second = Sluice::start_with_env(
+        &path,
+        &["--upgrade-from", socket.to_str().unwrap()],
+        &[("RUST_LOG", "info,sluice_proxy::conn=debug")],
+    )
+    .await;
     second.wait_log(&["took over", "adopted"], SOON).await;
     let (status, log) = first.exit(SOON).await;
     assert_eq!(status.code(), Some(0));
@@ -287,6 +293,12 @@ async fn bulk_data_sitting_in_pipes_crosses_byte_exact() {
     ws.close(None).await.unwrap();
     while let Some(Ok(_)) = ws.next().await {}
     drop(ws);
+    // The tunnel's counts went on across the upgrade: its close reports every byte of its
+    // life, the 24 MiB each way, most of which the first process relayed.
+    let closed = second.wait_log(&["tunnel closed"], SOON).await;
+    let payload = (MESSAGES * SIZE) as u64;
+    assert!(number(&closed, "client_to_backend") >= payload, "{closed}");
+    assert!(number(&closed, "backend_to_client") >= payload, "{closed}");
     assert_eq!(second.stop().await.code(), Some(0));
 }
 
