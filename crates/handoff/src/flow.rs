@@ -244,6 +244,8 @@ mod tests {
                 ..DirectionMeta::default()
             },
             first_eof: None,
+            idle_ms: 0,
+            half_closed_ms: None,
         }
     }
 

@@ -124,6 +124,11 @@ pub struct TunnelMeta {
     pub backend_to_client: DirectionMeta,
     /// The side whose end of stream came first, if one has.
     pub first_eof: Option<Peer>,
+    /// How long no byte had moved, in milliseconds: the idle timeout counts on from there.
+    pub idle_ms: u64,
+    /// How long one direction had been ended while the half-closed timer ran, in
+    /// milliseconds (none: it was not running).
+    pub half_closed_ms: Option<u64>,
 }
 
 impl TunnelMeta {
@@ -279,6 +284,8 @@ mod tests {
                 copied: 5,
             },
             first_eof: Some(Peer::Backend),
+            idle_ms: 250,
+            half_closed_ms: Some(10),
         }
     }
 

@@ -121,6 +121,8 @@ fn tunnel_meta(client: &TcpStream) -> TunnelMeta {
             ..DirectionMeta::default()
         },
         first_eof: None,
+        idle_ms: 0,
+        half_closed_ms: None,
     }
 }
 

@@ -140,14 +140,20 @@ pub(crate) fn describe(
         pool,
         backend: guard.addr(),
         client,
-        age_ms: u64::try_from(origin.started.elapsed().as_millis()).unwrap_or(u64::MAX),
+        age_ms: millis(origin.started.elapsed()),
         client_to_backend: direction_meta(&tunnel.client_to_backend),
         backend_to_client: direction_meta(&tunnel.backend_to_client),
         first_eof: tunnel.first_eof.map(|side| match side {
             Side::Client => Peer::Client,
             Side::Backend => Peer::Backend,
         }),
+        idle_ms: millis(tunnel.idle_for),
+        half_closed_ms: tunnel.half_closed_for.map(millis),
     }
+}
+
+fn millis(d: Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
 }
 
 fn direction_meta(held: &Held) -> DirectionMeta {
@@ -505,6 +511,8 @@ fn adopt_one(
             Peer::Client => Side::Client,
             Peer::Backend => Side::Backend,
         }),
+        idle_for: Duration::from_millis(meta.idle_ms),
+        half_closed_for: meta.half_closed_ms.map(Duration::from_millis),
     };
     Ok((tunnel, backend, pool))
 }

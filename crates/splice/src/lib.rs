@@ -98,7 +98,7 @@ pub use crate::stats::RelayStats;
 pub use crate::suspend::{Held, Pending, PendingPipe, Suspended};
 
 use crate::direction::Direction;
-use crate::tunnel::Ended;
+use crate::tunnel::{Clock, Ended};
 
 /// Default copy buffer per direction: 16 KiB, HAProxy's `tune.bufsize`.
 pub const DEFAULT_BUFFER_SIZE: usize = 16 * 1024;
@@ -327,7 +327,10 @@ where
         client_to_backend,
         backend_to_client,
         first_eof,
+        idle_for,
+        half_closed_for,
     } = tunnel;
+    let clock = Clock::resumed(idle_for, half_closed_for, opts.half_closed_timeout);
     let mode = if cfg!(target_os = "linux") {
         opts.mode
     } else {
@@ -339,6 +342,7 @@ where
     tunnel::run(
         (c2b, b2c, first_eof),
         (client, backend),
+        clock,
         opts,
         traffic,
         stop,
@@ -354,12 +358,16 @@ where
                 c2b,
                 b2c,
                 first_eof,
+                idle_for,
+                half_closed_for,
             } => Relayed::Suspended(Suspended {
                 client,
                 backend,
                 client_to_backend: c2b,
                 backend_to_client: b2c,
                 first_eof,
+                idle_for,
+                half_closed_for,
             }),
         },
     )
@@ -386,6 +394,7 @@ where
     tunnel::run(
         (c2b, b2c, None),
         (client, backend),
+        Clock::resumed(Duration::ZERO, None, None),
         opts,
         traffic,
         stop,

@@ -14,6 +14,7 @@
 
 use std::fmt;
 use std::io;
+use std::time::Duration;
 
 use tokio::net::TcpStream;
 
@@ -34,6 +35,11 @@ pub struct Suspended {
     pub backend_to_client: Held,
     /// The side whose end of stream came first, if one has (it names who closed the tunnel).
     pub first_eof: Option<Side>,
+    /// How long no byte had moved: the idle timeout counts on from there.
+    pub idle_for: Duration,
+    /// How long one direction had been ended while the other went on, when the half-closed
+    /// timer ran: it counts on from there.
+    pub half_closed_for: Option<Duration>,
 }
 
 impl Suspended {
@@ -45,6 +51,8 @@ impl Suspended {
             client_to_backend: Held::default(),
             backend_to_client: Held::default(),
             first_eof: None,
+            idle_for: Duration::ZERO,
+            half_closed_for: None,
         }
     }
 

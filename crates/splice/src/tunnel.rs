@@ -15,8 +15,9 @@ use std::future::{Future, poll_fn};
 use std::pin::pin;
 use std::sync::atomic::Ordering::Relaxed;
 use std::task::{Context, Poll};
+use std::time::Duration;
 
-use tokio::time::{Instant, sleep};
+use tokio::time::{Instant, sleep, sleep_until};
 
 use crate::direction::Direction;
 use crate::error::RelayError;
@@ -28,14 +29,46 @@ use crate::{CloseReason, RelayOptions, RelayReport, Side, Stop, Traffic};
 pub(crate) enum Ended<C, B> {
     /// Closed; the streams are gone.
     Closed(RelayReport),
-    /// Suspended: the streams and each direction's state.
+    /// Suspended: the streams, each direction's state, and how far the timers had run.
     Suspended {
         client: C,
         backend: B,
         c2b: Held,
         b2c: Held,
         first_eof: Option<Side>,
+        idle_for: Duration,
+        half_closed_for: Option<Duration>,
     },
+}
+
+/// Where a tunnel's timers start: now for a new tunnel, where they were for a resumed one.
+pub(crate) struct Clock {
+    /// The relay's start (for its report's duration).
+    pub(crate) started: Instant,
+    /// The last time a byte moved.
+    pub(crate) last_active: Instant,
+    /// The half-closed timer, if it was running.
+    pub(crate) half_closed: Option<std::pin::Pin<Box<tokio::time::Sleep>>>,
+}
+
+impl Clock {
+    /// Timers of a tunnel that was idle for `idle_for` and, if `half_closed_for` says so,
+    /// half-closed for that long (with a `half_closed` limit to count against).
+    pub(crate) fn resumed(
+        idle_for: Duration,
+        half_closed_for: Option<Duration>,
+        half_closed: Option<Duration>,
+    ) -> Self {
+        let started = Instant::now();
+        let half_closed = half_closed
+            .zip(half_closed_for)
+            .map(|(limit, elapsed)| Box::pin(sleep(limit.saturating_sub(elapsed))));
+        Self {
+            started,
+            last_active: started.checked_sub(idle_for).unwrap_or(started),
+            half_closed,
+        }
+    }
 }
 
 /// Runs both directions until the tunnel ends, and reports.
@@ -53,6 +86,11 @@ pub(crate) enum Ended<C, B> {
 pub(crate) fn run<'p, 'a, C, B, S, P, F, O>(
     (mut c2b, mut b2c, mut first_eof): (Direction<'p>, Direction<'p>, Option<Side>),
     (mut client, mut backend): (C, B),
+    Clock {
+        started,
+        mut last_active,
+        mut half_closed,
+    }: Clock,
     opts: &'a RelayOptions,
     traffic: &'a Traffic,
     stop: S,
@@ -66,13 +104,13 @@ where
     F: FnOnce(Ended<C, B>) -> O,
 {
     async move {
-        let started = Instant::now();
         let timeout = opts.idle_timeout;
         let mut stop = pin!(stop);
-        let mut idle = pin!(timeout.map(sleep));
+        let mut idle = pin!(timeout.map(|t| match last_active.checked_add(t) {
+            Some(deadline) => sleep_until(deadline),
+            None => sleep(t),
+        }));
         // Boxed when armed (rarely, and once): an idle tunnel does not carry a second timer.
-        let mut half_closed: Option<std::pin::Pin<Box<tokio::time::Sleep>>> = None;
-        let mut last_active = started;
 
         // `None`: suspend.
         let ended = poll_fn(|cx| {
@@ -146,12 +184,20 @@ where
         .await;
 
         let Some((closed_by, error)) = ended else {
+            let now = Instant::now();
+            let half_closed_for = half_closed
+                .as_ref()
+                .zip(opts.half_closed_timeout)
+                .and_then(|(timer, limit)| timer.deadline().checked_sub(limit))
+                .map(|since| now.saturating_duration_since(since));
             return finish(Ended::Suspended {
                 client,
                 backend,
                 c2b: c2b.suspend(),
                 b2c: b2c.suspend(),
                 first_eof,
+                idle_for: now.saturating_duration_since(last_active),
+                half_closed_for,
             });
         };
         drop((client, backend));

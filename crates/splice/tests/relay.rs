@@ -896,6 +896,8 @@ fn carried(s: Suspended) -> Suspended {
         client_to_backend: held(&s.client_to_backend),
         backend_to_client: held(&s.backend_to_client),
         first_eof: s.first_eof,
+        idle_for: s.idle_for,
+        half_closed_for: s.half_closed_for,
     }
 }
 
@@ -1058,4 +1060,84 @@ async fn a_half_closed_tunnel_resumes_half_closed() {
         (report.client_to_backend, report.backend_to_client),
         (10, 5)
     );
+}
+
+/// The timers count on across a suspension: a tunnel idle for 2.5 s of a 3 s idle timeout
+/// closes 0.5 s after it resumes, and one half-closed for 1 s of a 4 s limit, 3 s after.
+#[tokio::test(start_paused = true)]
+async fn timers_count_on_across_a_suspension() {
+    let (_client, proxy_client) = tcp_pair().await;
+    let (proxy_backend, _server) = tcp_pair().await;
+    let (pool, traffic) = (pool(), Traffic::default());
+    let idle = RelayOptions {
+        idle_timeout: Some(Duration::from_secs(3)),
+        ..opts(RelayMode::Auto)
+    };
+    let stop = async {
+        tokio::time::sleep(Duration::from_millis(2_500)).await;
+        Stop::Suspend
+    };
+    let Relayed::Suspended(s) =
+        relay(proxy_client, proxy_backend, &idle, &pool, &traffic, stop).await
+    else {
+        panic!("not suspended")
+    };
+    assert_eq!(s.idle_for, Duration::from_millis(2_500));
+    let resumed = Instant::now();
+    let report = closed(
+        resume(
+            carried(s),
+            &idle,
+            &pool,
+            &traffic,
+            std::future::pending::<Stop>(),
+        )
+        .await,
+    );
+    assert_eq!(report.closed_by, CloseReason::IdleTimeout);
+    assert_eq!(resumed.elapsed(), Duration::from_millis(500));
+
+    let (mut client, proxy_client) = tcp_pair().await;
+    let (proxy_backend, mut server) = tcp_pair().await;
+    let half_closed = RelayOptions {
+        half_closed_timeout: Some(Duration::from_secs(4)),
+        ..opts(RelayMode::Auto)
+    };
+    let (suspend, suspended) = oneshot::channel::<()>();
+    let run = tokio::spawn({
+        let (pool, opts) = (Arc::clone(&pool), half_closed.clone());
+        async move {
+            let traffic = Traffic::default();
+            let stop = async {
+                let _ = suspended.await;
+                Stop::Suspend
+            };
+            relay(proxy_client, proxy_backend, &opts, &pool, &traffic, stop).await
+        }
+    });
+    // The client's end of stream is passed on: the half-closed timer starts.
+    client.shutdown().await.unwrap();
+    let mut eof = Vec::new();
+    server.read_to_end(&mut eof).await.unwrap();
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    suspend.send(()).unwrap();
+    let Relayed::Suspended(s) = run.await.unwrap() else {
+        panic!("not suspended")
+    };
+    let half = s.half_closed_for.expect("the half-closed timer ran");
+    assert!(half <= Duration::from_secs(1), "{half:?}");
+    let resumed = Instant::now();
+    let report = closed(
+        resume(
+            carried(s),
+            &half_closed,
+            &pool,
+            &traffic,
+            std::future::pending::<Stop>(),
+        )
+        .await,
+    );
+    assert_eq!(report.closed_by, CloseReason::HalfClosedTimeout);
+    assert_eq!(resumed.elapsed(), Duration::from_secs(4) - half);
+    drop((client, server));
 }
