@@ -339,7 +339,8 @@ async fn upgrade_request(
         .get(pool_index)
         .and_then(|p| p.send_proxy_protocol)
     {
-        crate::proxy_protocol::write(version, addrs.client, addrs.local, &mut preface);
+        let local = addrs.local(client.tcp());
+        crate::proxy_protocol::write(version, addrs.client, local, &mut preface);
     }
     write_forwarded_request(
         &request,
