@@ -740,6 +740,18 @@ impl Drop for GaugeGuard {
 mod tests {
     use super::*;
 
+    /// A server with listener `a` routing to pool `p`, for the size tests.
+    fn one_listener_server() -> crate::Server {
+        let config = sluice_config::parse(
+            "[[listeners]]\nname = \"a\"\nlisten = \"127.0.0.1:0\"\n\
+             [[routes]]\nlistener = \"a\"\npool = \"p\"\n\
+             [pools.p]\nbackends = [\"127.0.0.1:1\"]\n",
+            "t.toml",
+        )
+        .unwrap();
+        crate::Server::new(config)
+    }
+
     /// An idle tunnel's memory is mostly its connection task: pin the size of the future
     /// `serve` returns, so that an L7 change cannot grow every idle tunnel unnoticed (a local
     /// kept across the tunnel's await, an async fn holding its arguments twice). Measured
@@ -748,14 +760,7 @@ mod tests {
     /// when massif counted 3,266 bytes per connection task (docs/performance.md).
     #[tokio::test]
     async fn serve_future_size_is_pinned() {
-        let config = sluice_config::parse(
-            "[[listeners]]\nname = \"a\"\nlisten = \"127.0.0.1:0\"\n\
-             [[routes]]\nlistener = \"a\"\npool = \"p\"\n\
-             [pools.p]\nbackends = [\"127.0.0.1:1\"]\n",
-            "t.toml",
-        )
-        .unwrap();
-        let server = crate::Server::new(config);
+        let server = one_listener_server();
         let shared = Arc::clone(&server.shared);
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let tcp = TcpStream::connect(listener.local_addr().unwrap())
@@ -777,14 +782,7 @@ mod tests {
     /// of `relay_answer`, inline, made it 10.3 KB; boxed: 2,768 bytes, dev profile, x86_64).
     #[tokio::test]
     async fn handshake_future_size_is_pinned() {
-        let config = sluice_config::parse(
-            "[[listeners]]\nname = \"a\"\nlisten = \"127.0.0.1:0\"\n\
-             [[routes]]\nlistener = \"a\"\npool = \"p\"\n\
-             [pools.p]\nbackends = [\"127.0.0.1:1\"]\n",
-            "t.toml",
-        )
-        .unwrap();
-        let server = crate::Server::new(config);
+        let server = one_listener_server();
         let snapshot = server.shared.snapshot.load_full();
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
