@@ -9,8 +9,10 @@
 //!
 //! Signals of `run`: SIGHUP reloads the configuration file (all or nothing; an invalid file
 //! keeps the running configuration); SIGTERM/SIGINT shut down gracefully; a second one exits
-//! at once. A binary upgrade (`--upgrade-from`, see `upgrade.rs`) ends the old process as a
-//! SIGTERM would.
+//! at once; SIGUSR2 (with `--upgrade-socket`) starts the binary found at this one's path as
+//! a successor that takes everything over (nginx's binary upgrade signal). A binary upgrade
+//! (`--upgrade-from`, see `upgrade.rs`) ends the old process as a SIGTERM would, once its
+//! tunnels crossed.
 //!
 //! Under a service manager that sets `NOTIFY_SOCKET` (systemd `Type=notify` or
 //! `Type=notify-reload`), `run` reports readiness, reloads and shutdown to it (`notify.rs`).
@@ -72,6 +74,14 @@ enum Command {
         #[arg(long, value_name = "FILE")]
         pid_file: PathBuf,
     },
+    /// Ask a running sluice (started with `--upgrade-socket`) to upgrade its binary in place:
+    /// it starts the binary now installed at its path, which takes over the listeners and
+    /// every spliced tunnel (sends SIGUSR2 to the pid in the file).
+    Upgrade {
+        /// The pid file given to `sluice run --pid-file`.
+        #[arg(long, value_name = "FILE")]
+        pid_file: PathBuf,
+    },
     /// Check a configuration file: print every error (exit 64) or a summary (exit 0).
     Check {
         /// Configuration file (TOML).
@@ -86,9 +96,20 @@ enum LogFormat {
     Json,
 }
 
+impl LogFormat {
+    /// As the command line spells it.
+    fn name(self) -> &'static str {
+        match self {
+            Self::Text => "text",
+            Self::Json => "json",
+        }
+    }
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     init_logging(cli.log_format);
+    let log_format = cli.log_format;
     match cli.command {
         Command::Check { config } => check(&config),
         Command::Run {
@@ -97,28 +118,59 @@ fn main() -> ExitCode {
             pid_file,
             upgrade_socket,
             upgrade_from,
-        } => match run(
-            &config,
-            threads,
-            pid_file,
-            upgrade::Upgrade::new(upgrade_socket, upgrade_from),
-        ) {
-            Ok(code) => code,
-            Err(error) => {
-                tracing::error!("{error:#}");
-                ExitCode::FAILURE
+        } => {
+            // What SIGUSR2 starts: this command line, taking over from this process.
+            let successor = upgrade_socket.as_ref().map(|socket| {
+                let mut args: Vec<std::ffi::OsString> = vec![
+                    "--log-format".into(),
+                    log_format.name().into(),
+                    "run".into(),
+                    "--config".into(),
+                    config.clone().into(),
+                ];
+                if let Some(threads) = threads {
+                    args.extend(["--threads".into(), threads.to_string().into()]);
+                }
+                if let Some(pid_file) = &pid_file {
+                    args.extend(["--pid-file".into(), pid_file.clone().into()]);
+                }
+                args.extend(["--upgrade-from".into(), socket.clone().into()]);
+                args
+            });
+            match run(
+                &config,
+                threads,
+                pid_file,
+                upgrade::Upgrade::new(upgrade_socket, upgrade_from),
+                successor,
+            ) {
+                Ok(code) => code,
+                Err(error) => {
+                    tracing::error!("{error:#}");
+                    ExitCode::FAILURE
+                }
             }
-        },
-        Command::Reload { pid_file } => match signal_pid_file(&pid_file) {
-            Ok(pid) => {
-                println!("sent SIGHUP to sluice (pid {pid})");
-                ExitCode::SUCCESS
-            }
-            Err(error) => {
-                eprintln!("sluice reload: {error:#}");
-                ExitCode::FAILURE
-            }
-        },
+        }
+        Command::Reload { pid_file } => signal_command(&pid_file, rustix::process::Signal::HUP),
+        Command::Upgrade { pid_file } => signal_command(&pid_file, rustix::process::Signal::USR2),
+    }
+}
+
+/// `sluice reload` and `sluice upgrade`: signals the process of the pid file.
+fn signal_command(pid_file: &std::path::Path, signal: rustix::process::Signal) -> ExitCode {
+    let (name, command) = match signal {
+        rustix::process::Signal::USR2 => ("SIGUSR2", "upgrade"),
+        _ => ("SIGHUP", "reload"),
+    };
+    match signal_pid_file(pid_file, signal) {
+        Ok(pid) => {
+            println!("sent {name} to sluice (pid {pid})");
+            ExitCode::SUCCESS
+        }
+        Err(error) => {
+            eprintln!("sluice {command}: {error:#}");
+            ExitCode::FAILURE
+        }
     }
 }
 
@@ -156,7 +208,11 @@ fn run(
     threads: Option<usize>,
     pid_file: Option<PathBuf>,
     upgrade: upgrade::Upgrade,
+    successor: Option<Vec<std::ffi::OsString>>,
 ) -> anyhow::Result<ExitCode> {
+    // The binary's path now: after a package manager replaced the file, this path names the
+    // new binary (while /proc/self/exe still names the old one).
+    let exe = std::env::current_exe().context("cannot find this binary's path")?;
     let config = match sluice_config::load(path) {
         Ok(config) => config,
         Err(errors) => {
@@ -192,6 +248,10 @@ fn run(
         )
         .context("cannot install the SIGHUP handler")?;
         let shutdown = shutdown_signal().context("cannot install signal handlers")?;
+        let upgrader = successor
+            .map(|args| upgrade::start_successor_on_signal(exe, args))
+            .transpose()
+            .context("cannot install the SIGUSR2 handler")?;
         let (listeners, upgrades) = upgrade.bind(&server).await?;
         let _pid_file = pid_file.map(PidFile::create).transpose()?;
         info!(
@@ -232,6 +292,9 @@ fn run(
             let _ = std::fs::remove_file(path);
         }
         reloads.abort();
+        if let Some(upgrader) = upgrader {
+            upgrader.abort();
+        }
         Ok(ExitCode::SUCCESS)
     })
 }
@@ -323,8 +386,8 @@ impl Drop for PidFile {
     }
 }
 
-/// Sends SIGHUP to the process named by a pid file; returns its pid.
-fn signal_pid_file(path: &std::path::Path) -> anyhow::Result<i32> {
+/// Sends `signal` to the process named by a pid file; returns its pid.
+fn signal_pid_file(path: &std::path::Path, signal: rustix::process::Signal) -> anyhow::Result<i32> {
     let text = std::fs::read_to_string(path)
         .with_context(|| format!("cannot read the pid file {}", path.display()))?;
     let pid: i32 = text
@@ -333,7 +396,7 @@ fn signal_pid_file(path: &std::path::Path) -> anyhow::Result<i32> {
         .with_context(|| format!("{}: not a process id: {:?}", path.display(), text.trim()))?;
     let process = rustix::process::Pid::from_raw(pid)
         .with_context(|| format!("{}: not a process id: {pid}", path.display()))?;
-    rustix::process::kill_process(process, rustix::process::Signal::HUP)
+    rustix::process::kill_process(process, signal)
         .with_context(|| format!("cannot signal process {pid} (from {})", path.display()))?;
     Ok(pid)
 }

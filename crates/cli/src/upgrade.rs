@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use anyhow::Context as _;
-use sluice_handoff::{Endpoint, Inheritance};
+use sluice_handoff::{Endpoint, HandoffError, Inheritance, Inherited};
 use sluice_proxy::{BoundListener, Server};
 use tracing::{info, warn};
 
@@ -98,26 +98,9 @@ impl Upgrades {
             Self::Serve(endpoint) => endpoint,
             Self::Finish(inheritance, path) => {
                 server.accepting().await;
-                let finished = tokio::task::spawn_blocking(move || {
-                    let done = inheritance.ready();
-                    (done, inheritance)
-                })
-                .await;
-                let Ok((done, inheritance)) = finished else {
-                    warn!("the handoff thread failed: no further upgrades");
+                let Some(inheritance) = inherit_tunnels(server, *inheritance).await else {
                     return std::future::pending().await;
                 };
-                match done {
-                    Ok(kept) => info!(
-                        predecessor = inheritance.predecessor,
-                        kept, "took over: the predecessor stopped accepting and drains"
-                    ),
-                    Err(error) => warn!(
-                        predecessor = inheritance.predecessor,
-                        %error,
-                        "took over, but the predecessor did not confirm it stopped accepting"
-                    ),
-                }
                 match Endpoint::adopt(inheritance.endpoint, &path) {
                     Ok(endpoint) => endpoint,
                     Err(error) => {
@@ -129,4 +112,114 @@ impl Upgrades {
         };
         server.serve_upgrades(endpoint).await;
     }
+}
+
+/// Tells the predecessor this process accepts, then takes its tunnels batch by batch until it
+/// is done: each batch is checked, acknowledged, and relayed here once the predecessor let go
+/// of it. A failure ends the inheritance (the predecessor keeps what it did not hand over);
+/// this process serves on either way. `None` only if a handoff thread panicked.
+async fn inherit_tunnels(server: &Server, inheritance: Inheritance) -> Option<Inheritance> {
+    let predecessor = inheritance.predecessor;
+    let (ready, mut inheritance) = blocking(inheritance, |i| i.ready()).await?;
+    if let Err(error) = ready {
+        warn!(predecessor, %error, "took over, but the predecessor did not hear it");
+        return Some(inheritance);
+    }
+    let mut adopted = 0;
+    loop {
+        let next;
+        (next, inheritance) = blocking(inheritance, |i| i.next()).await?;
+        match next {
+            Ok(Inherited::Tunnels(batch)) => {
+                let adoption = server.adopt_tunnels(batch);
+                let refused = adoption.refused();
+                let released;
+                (released, inheritance) =
+                    blocking(inheritance, move |i| i.adopted(refused)).await?;
+                if let Err(error) = released {
+                    // Closed untouched: the predecessor resumes them, or is gone.
+                    warn!(predecessor, %error, tunnels = adoption.len(), "the predecessor did not release a batch of tunnels");
+                    return Some(inheritance);
+                }
+                adopted += adoption.len();
+                server.start_adopted(adoption);
+            }
+            Ok(Inherited::Done { kept }) => {
+                info!(
+                    predecessor,
+                    adopted,
+                    kept,
+                    "took over: tunnels relayed here; the predecessor drains what it kept"
+                );
+                return Some(inheritance);
+            }
+            Err(error) => {
+                warn!(predecessor, adopted, %error, "the predecessor stopped handing tunnels over");
+                return Some(inheritance);
+            }
+        }
+    }
+}
+
+/// Runs a step of the (blocking) conversation on a thread of its own; `None` if it panicked.
+async fn blocking<T: Send + 'static>(
+    inheritance: Inheritance,
+    step: impl FnOnce(&Inheritance) -> Result<T, HandoffError> + Send + 'static,
+) -> Option<(Result<T, HandoffError>, Inheritance)> {
+    let ran = tokio::task::spawn_blocking(move || (step(&inheritance), inheritance)).await;
+    if let Err(error) = &ran {
+        warn!(%error, "the handoff thread failed: no further upgrades");
+    }
+    ran.ok()
+}
+
+/// At each SIGUSR2, starts `exe args` (the binary now at this one's path, told to take over
+/// from this process) unless the last one started is still running: nginx's binary upgrade
+/// signal. The successor's exit, if it fails, is logged here; once it took over, this process
+/// drains and exits and the successor lives on (its parent becomes the service manager or
+/// init).
+pub(crate) fn start_successor_on_signal(
+    exe: PathBuf,
+    args: Vec<std::ffi::OsString>,
+) -> std::io::Result<tokio::task::JoinHandle<()>> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut usr2 = signal(SignalKind::user_defined2())?;
+    Ok(tokio::spawn(async move {
+        let running = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        while usr2.recv().await.is_some() {
+            if running.load(std::sync::atomic::Ordering::Acquire) {
+                warn!(
+                    signal = "SIGUSR2",
+                    "an upgrade is under way: signal ignored"
+                );
+                continue;
+            }
+            info!(signal = "SIGUSR2", binary = %exe.display(), "starting the successor");
+            let spawned = std::process::Command::new(&exe)
+                .args(&args)
+                .stdin(std::process::Stdio::null())
+                .spawn();
+            let mut child = match spawned {
+                Ok(child) => child,
+                Err(error) => {
+                    warn!(%error, binary = %exe.display(), "cannot start the successor");
+                    continue;
+                }
+            };
+            running.store(true, std::sync::atomic::Ordering::Release);
+            let running = std::sync::Arc::clone(&running);
+            // Reaped here (never a zombie); this thread ends with the process otherwise.
+            std::thread::spawn(move || {
+                let pid = child.id();
+                match child.wait() {
+                    Ok(status) if status.success() => info!(pid, "the successor exited"),
+                    Ok(status) => {
+                        warn!(pid, %status, "the successor failed: this process keeps serving")
+                    }
+                    Err(error) => warn!(pid, %error, "cannot wait for the successor"),
+                }
+                running.store(false, std::sync::atomic::Ordering::Release);
+            });
+        }
+    }))
 }

@@ -32,32 +32,8 @@ fn config(backend: SocketAddr, extra: &str) -> String {
 async fn start(backend: SocketAddr, extra: &str) -> (Sluice, SocketAddr) {
     let path = temp_file("sluice.toml", &config(backend, extra));
     let sluice = Sluice::start(&path, &[]).await;
-    let line = sluice
-        .wait_log(&["\"message\":\"admin listener\""], SOON)
-        .await;
-    let admin = common::json_field(&line, "addr")
-        .and_then(|a| a.parse().ok())
-        .unwrap_or_else(|| panic!("no admin address in {line}"));
+    let admin = sluice.admin_addr().await;
     (sluice, admin)
-}
-
-/// The sum of every series of the metric `name` on the admin listener.
-async fn metric(admin: SocketAddr, name: &str) -> f64 {
-    let response = raw_exchange(
-        admin,
-        b"GET /metrics HTTP/1.1\r\nHost: admin\r\nConnection: close\r\n\r\n",
-        SOON,
-    )
-    .await
-    .expect("admin listener");
-    let text = String::from_utf8_lossy(response.body()).into_owned();
-    text.lines()
-        .filter(|l| {
-            l.strip_prefix(name)
-                .is_some_and(|rest| rest.starts_with('{') || rest.starts_with(' '))
-        })
-        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-        .sum()
 }
 
 fn open_descriptors(pid: u32) -> usize {
@@ -111,7 +87,10 @@ async fn descriptor_exhaustion_refuses_new_clients_cleanly_keeps_tunnels_and_rec
     let (sluice, admin) = start(backend.addr(), extra).await;
     let pid = sluice.child.id();
     // Settle the admin listener's own descriptors before counting.
-    assert_eq!(metric(admin, "sluice_connections_shed_total").await, 0.0);
+    assert_eq!(
+        common::metric(admin, "sluice_connections_shed_total").await,
+        0.0
+    );
 
     // Room for about 16 tunnels (two descriptors each) beyond what the process holds now.
     let limit = open_descriptors(pid) as u64 + 32;
@@ -199,8 +178,8 @@ async fn descriptor_exhaustion_refuses_new_clients_cleanly_keeps_tunnels_and_rec
         resumed,
         "service did not resume once descriptors were freed"
     );
-    assert!(metric(admin, "sluice_accept_errors_total").await > 0.0);
-    assert!(metric(admin, "sluice_connections_shed_total").await >= 10.0);
+    assert!(common::metric(admin, "sluice_accept_errors_total").await > 0.0);
+    assert!(common::metric(admin, "sluice_connections_shed_total").await >= 10.0);
     assert!(sluice.stop().await.success());
 }
 
@@ -233,7 +212,7 @@ async fn five_thousand_slow_heads_are_cut_at_the_deadline_while_honest_clients_u
     // Honest clients once a fifth of the slow ones are held (the first are cut 3 s after they
     // connect: on a loaded machine not all 5,000 may be in at once), the rest still coming.
     let attacked = wait_until_async(SOON, || async {
-        metric(admin, "sluice_connections_active").await >= (SLOW / 5) as f64
+        common::metric(admin, "sluice_connections_active").await >= (SLOW / 5) as f64
     })
     .await;
     assert!(attacked, "the slow clients never got in");
@@ -276,7 +255,7 @@ async fn five_thousand_slow_heads_are_cut_at_the_deadline_while_honest_clients_u
     // Only the honest heads reached the backend.
     assert_eq!(backend.requests().len(), HONEST);
     let drained = wait_until_async(SOON, || async {
-        metric(admin, "sluice_connections_active").await == 0.0
+        common::metric(admin, "sluice_connections_active").await == 0.0
     })
     .await;
     assert!(drained, "connections left after every client finished");

@@ -8,8 +8,6 @@ mod common;
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
 use common::{Sluice, temp_file};
@@ -33,67 +31,6 @@ async fn echo(ws: &mut WsStream, text: &str) {
     match ws.next().await {
         Some(Ok(m)) if m == Message::text(text) => {}
         other => panic!("{text}: came back as {other:?}"),
-    }
-}
-
-/// Clients opening a WebSocket, echoing once and closing, one after another, until stopped.
-struct Clients {
-    stop: Arc<AtomicBool>,
-    ok: Arc<AtomicU64>,
-    task: tokio::task::JoinHandle<Vec<String>>,
-}
-
-impl Clients {
-    fn start(addr: SocketAddr) -> Self {
-        let stop = Arc::new(AtomicBool::new(false));
-        let ok = Arc::new(AtomicU64::new(0));
-        let task = tokio::spawn({
-            let (stop, ok) = (Arc::clone(&stop), Arc::clone(&ok));
-            async move {
-                let mut failures = Vec::new();
-                let deadline = tokio::time::Instant::now() + Duration::from_secs(120);
-                while !stop.load(Ordering::Relaxed) && tokio::time::Instant::now() < deadline {
-                    let attempt = async {
-                        let (mut ws, _) = ws_connect(addr, "/", &[])
-                            .await
-                            .map_err(|e| e.to_string())?;
-                        ws.send(Message::text("hi"))
-                            .await
-                            .map_err(|e| e.to_string())?;
-                        match ws.next().await {
-                            Some(Ok(m)) if m == Message::text("hi") => {}
-                            other => return Err(format!("echo: {other:?}")),
-                        }
-                        ws.close(None).await.map_err(|e| e.to_string())?;
-                        Ok::<(), String>(())
-                    };
-                    match tokio::time::timeout(Duration::from_secs(10), attempt).await {
-                        Ok(Ok(())) => {
-                            ok.fetch_add(1, Ordering::Relaxed);
-                        }
-                        Ok(Err(e)) => failures.push(e),
-                        Err(_) => failures.push("timed out".into()),
-                    }
-                }
-                failures
-            }
-        });
-        Self { stop, ok, task }
-    }
-
-    /// Waits until `more` further clients succeeded.
-    async fn wait_more(&self, more: u64) {
-        let target = self.ok.load(Ordering::Relaxed) + more;
-        sluice_testkit::wait_until(Duration::from_secs(30), || {
-            self.ok.load(Ordering::Relaxed) >= target
-        })
-        .await;
-    }
-
-    async fn finish(self) -> (u64, Vec<String>) {
-        self.stop.store(true, Ordering::Relaxed);
-        let failures = self.task.await.unwrap();
-        (self.ok.load(Ordering::Relaxed), failures)
     }
 }
 
@@ -132,7 +69,7 @@ async fn upgrades_chain_without_refusing_a_client_and_predecessors_drain_their_t
     for _ in 0..20 {
         tunnels.push(ws_connect(first.addr, "/", &[]).await.unwrap().0);
     }
-    let clients = Clients::start(first.addr);
+    let clients = common::Clients::start(first.addr);
     clients.wait_more(5).await;
 
     let second = Sluice::start(&path, &args("--upgrade-from", &socket)).await;

@@ -4,7 +4,10 @@ use std::os::fd::{BorrowedFd, OwnedFd};
 use std::path::Path;
 use std::time::Duration;
 
-use crate::{Channel, HandoffError, ListenerMeta, Message, Received};
+use crate::{Channel, HandoffError, ListenerMeta, Message, Received, Refusal, TunnelMeta};
+
+/// How long a successor waits for each message of the tunnel phase.
+const TUNNEL_PHASE_STEP: Duration = Duration::from_secs(60);
 
 /// What a successor received from its predecessor, before it said `Ready`.
 #[derive(Debug)]
@@ -41,16 +44,58 @@ pub fn take_over(path: &Path, timeout: Duration) -> Result<Inheritance, HandoffE
 
 impl Inheritance {
     /// Successor side, second half: tells the predecessor that this process accepts on every
-    /// listener now, and waits until the predecessor has stopped accepting. Returns how many
-    /// connections the predecessor still serves (they end there).
-    pub fn ready(&self) -> Result<u64, HandoffError> {
-        self.channel.send(&Message::Ready, &[])?;
-        let Received { message, .. } = self.channel.expect("done")?;
-        let Message::Done { kept } = message else {
-            unreachable!("expect checked the kind");
-        };
-        Ok(kept)
+    /// listener now. The predecessor's tunnels follow ([`Inheritance::next`]).
+    pub fn ready(&self) -> Result<(), HandoffError> {
+        self.channel.send(&Message::Ready {}, &[])?;
+        // The predecessor suspends its tunnels, and hands over those that finish their
+        // handshake while it stops accepting: batches may be seconds apart.
+        self.channel.set_timeout(TUNNEL_PHASE_STEP)
     }
+
+    /// The predecessor's next batch of tunnels, each with its descriptors, or its last word.
+    pub fn next(&self) -> Result<Inherited, HandoffError> {
+        let Received { message, fds } = self.channel.recv()?;
+        match message {
+            Message::Tunnels { tunnels } => {
+                let mut fds = fds.into_iter();
+                let batch = tunnels
+                    .into_iter()
+                    .map(|meta| {
+                        let own: Vec<OwnedFd> = fds.by_ref().take(meta.fds()).collect();
+                        (meta, own)
+                    })
+                    .collect();
+                Ok(Inherited::Tunnels(batch))
+            }
+            Message::Done { kept } => Ok(Inherited::Done { kept }),
+            Message::Refused { reason } => Err(HandoffError::Refused(reason)),
+            other => Err(HandoffError::Unexpected {
+                expected: "tunnels or done",
+                got: other.kind(),
+            }),
+        }
+    }
+
+    /// Tells the predecessor which tunnels of the last batch this process takes (all but
+    /// `refused`) and waits until it let go of them. Only then may they be relayed here; on an
+    /// error they must be closed untouched (the predecessor resumes them, or is gone).
+    pub fn adopted(&self, refused: Vec<Refusal>) -> Result<(), HandoffError> {
+        self.channel.send(&Message::Adopted { refused }, &[])?;
+        self.channel.expect("released")?;
+        Ok(())
+    }
+}
+
+/// What [`Inheritance::next`] received.
+#[derive(Debug)]
+pub enum Inherited {
+    /// A batch of tunnels, each with its descriptors in [`TunnelMeta::fds`] order.
+    Tunnels(Vec<(TunnelMeta, Vec<OwnedFd>)>),
+    /// The predecessor is done handing over; it keeps `kept` connections until they end.
+    Done {
+        /// Connections the predecessor keeps.
+        kept: u64,
+    },
 }
 
 /// Predecessor side: the conversation up to the successor's `Ready`.
@@ -73,7 +118,7 @@ pub fn hand_over(
     let successor = channel.greet(false)?;
     let (metas, fds): (Vec<_>, Vec<_>) = listeners.iter().cloned().unzip();
     channel.send(&Message::Listeners { listeners: metas }, &fds)?;
-    channel.send(&Message::Endpoint, &[endpoint])?;
+    channel.send(&Message::Endpoint {}, &[endpoint])?;
     // The successor now binds what it did not inherit and starts its accept loops.
     channel.set_timeout(ready_within)?;
     channel.expect("ready")?;
@@ -81,11 +126,52 @@ pub fn hand_over(
 }
 
 impl Handover {
-    /// Predecessor side, second half: once this process stopped accepting, tells the successor
-    /// so, with the number of connections it still serves.
+    /// Predecessor side: sends a batch of suspended tunnels with their descriptors (in
+    /// [`TunnelMeta::fds`] order, at most [`crate::MAX_FDS`]) and waits for the successor's
+    /// answer: the tunnels it refused (keep and resume those). Then [`Handover::release`] the
+    /// others. An error means the successor took nothing: resume the whole batch.
+    pub fn send_tunnels(
+        &self,
+        tunnels: Vec<TunnelMeta>,
+        fds: &[BorrowedFd<'_>],
+    ) -> Result<Vec<Refusal>, HandoffError> {
+        self.channel.send(&Message::Tunnels { tunnels }, fds)?;
+        let Received { message, .. } = self.channel.expect("adopted")?;
+        let Message::Adopted { refused } = message else {
+            unreachable!("expect checked the kind");
+        };
+        Ok(refused)
+    }
+
+    /// Predecessor side: lets the successor relay the tunnels it adopted. Close this process's
+    /// copies of their descriptors only once this succeeded; on an error, resume them.
+    pub fn release(&self) -> Result<(), HandoffError> {
+        self.channel.send(&Message::Released {}, &[])
+    }
+
+    /// Predecessor side, last word: this process stopped accepting and handed over what it
+    /// could; it still serves `kept` connections.
     pub fn done(self, kept: u64) -> Result<(), HandoffError> {
         self.channel.send(&Message::Done { kept }, &[])
     }
+}
+
+/// Splits tunnels into batches whose descriptors fit one message ([`crate::MAX_FDS`]); yields
+/// index ranges into `tunnels`, in order.
+pub fn batches(tunnels: &[TunnelMeta]) -> Vec<std::ops::Range<usize>> {
+    let mut out = Vec::new();
+    let (mut start, mut fds) = (0, 0);
+    for (i, tunnel) in tunnels.iter().enumerate() {
+        if fds + tunnel.fds() > crate::MAX_FDS && i > start {
+            out.push(start..i);
+            (start, fds) = (i, 0);
+        }
+        fds += tunnel.fds();
+    }
+    if start < tunnels.len() {
+        out.push(start..tunnels.len());
+    }
+    out
 }
 
 /// Predecessor side: turns a successor away (a shutdown or another handoff is under way),
@@ -98,5 +184,49 @@ pub fn refuse(channel: Channel, reason: &str) {
             },
             &[],
         );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::DirectionMeta;
+
+    fn tunnel(pipes: bool) -> TunnelMeta {
+        let pending = u64::from(pipes);
+        TunnelMeta {
+            listener: "ws".into(),
+            pool: "p".into(),
+            backend: "127.0.0.1:1".parse().unwrap(),
+            client: "127.0.0.1:2".parse().unwrap(),
+            age_ms: 0,
+            client_to_backend: DirectionMeta {
+                pending,
+                ..DirectionMeta::default()
+            },
+            backend_to_client: DirectionMeta {
+                pending,
+                ..DirectionMeta::default()
+            },
+            first_eof: None,
+        }
+    }
+
+    #[test]
+    fn batches_fit_the_descriptor_limit_and_keep_the_order() {
+        assert!(batches(&[]).is_empty());
+        // 32 plain tunnels (2 descriptors each) fill one message exactly.
+        let plain: Vec<_> = (0..70).map(|_| tunnel(false)).collect();
+        assert_eq!(batches(&plain), vec![0..32, 32..64, 64..70]);
+        // With pipes both ways a tunnel carries 6: alternating 6 and 2, 16 fill a message.
+        let mixed: Vec<_> = (0..20).map(|i| tunnel(i % 2 == 0)).collect();
+        let split = batches(&mixed);
+        assert_eq!(split, vec![0..16, 16..20]);
+        for range in &split {
+            let fds: usize = mixed[range.clone()].iter().map(TunnelMeta::fds).sum();
+            assert!(fds <= crate::MAX_FDS, "{range:?}: {fds}");
+        }
+        let covered: Vec<usize> = split.into_iter().flatten().collect();
+        assert_eq!(covered, (0..20).collect::<Vec<_>>());
     }
 }

@@ -15,7 +15,12 @@
 //!                  ◀─────────────────────────── Listeners{names, addresses} + listening fds
 //!                  ◀─────────────────────────── Endpoint + the endpoint's own fd
 //!   adopt the listeners, start accepting
-//!   Ready ────────────────────────────────────▶  stop accepting (close its copies)
+//!   Ready ────────────────────────────────────▶  suspend every spliceable tunnel
+//!                  ◀─────────────────────────── Tunnels{metas} + sockets and pipes   ┐ per
+//!   Adopted{refused} ─────────────────────────▶                                      │ batch
+//!                  ◀─────────────────────────── Released (closes its copies)         ┘
+//!   relay the batch                              … stop accepting, hand over the tunnels
+//!                                                  whose handshake finishes meanwhile …
 //!                  ◀─────────────────────────── Done{kept}: what the predecessor still serves
 //! ```
 //!
@@ -24,6 +29,10 @@
 //! or lost in between. The endpoint's own descriptor travels too, so the socket path stays
 //! bound across the upgrade and the successor can in turn be upgraded.
 //!
+//! A tunnel is two sockets and, per direction with bytes in flight, a pipe holding them (see
+//! `sluice_splice::Suspended`): all descriptors, so it crosses like a listener does, its
+//! kernel queues untouched. Batches hold at most [`MAX_FDS`] descriptors ([`batches`]).
+//!
 //! # Failure
 //!
 //! Every step is bounded in time ([`Channel::set_timeout`]). If the successor dies or refuses
@@ -31,6 +40,16 @@
 //! goes on serving. Descriptors are only ever *copied* across; each process closes its own
 //! copies, never shuts a socket down on the other's behalf.
 //!
+//! A batch of tunnels changes hands in three steps so that exactly one process relays each
+//! tunnel: the successor holds the descriptors but touches nothing until `Released`; the
+//! predecessor sends `Released` only after `Adopted`, and closes its copies only once that
+//! send succeeded. If the successor dies or goes silent before `Adopted`, the predecessor
+//! resumes the batch (and every tunnel not yet sent) and keeps serving: it still accepts at
+//! that point, since it stops accepting only once the tunnels it had are handed over. If the
+//! predecessor goes silent before `Released`, the successor closes its copies untouched.
+//! The one loss left: the successor dying after `Released` was sent and before it read it;
+//! that batch's tunnels die with it, as they would a moment later.
+
 //! # Trust
 //!
 //! The socket file is created mode 0600, and a peer whose user id differs from ours (root
@@ -44,11 +63,12 @@ mod message;
 
 pub use crate::channel::{Channel, Received};
 pub use crate::endpoint::Endpoint;
-pub use crate::flow::{Handover, Inheritance, hand_over, refuse, take_over};
-pub use crate::message::{ListenerMeta, Message};
+pub use crate::flow::{Handover, Inheritance, Inherited, batches, hand_over, refuse, take_over};
+pub use crate::message::{DirectionMeta, ListenerMeta, Message, Peer, Refusal, TunnelMeta};
 
 /// The version of the conversation this build speaks; a peer speaking another is refused.
-pub const PROTOCOL_VERSION: u32 = 1;
+/// 1: listening sockets only. 2: established tunnels too.
+pub const PROTOCOL_VERSION: u32 = 2;
 
 /// The most descriptors one message carries (the kernel's `SCM_MAX_FD` is 253).
 pub const MAX_FDS: usize = 64;

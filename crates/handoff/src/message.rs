@@ -6,7 +6,8 @@ use std::net::SocketAddr;
 
 use serde::{Deserialize, Serialize};
 
-/// One packet of the conversation (see the crate docs for the order).
+/// One packet of the conversation (see the crate docs for the order). Messages without
+/// fields are written `{}` so that a field this build does not know is refused on them too.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
 pub enum Message {
@@ -30,12 +31,28 @@ pub enum Message {
         listeners: Vec<ListenerMeta>,
     },
     /// The endpoint itself (one descriptor), so the path stays bound across the upgrade.
-    Endpoint,
+    Endpoint {},
     /// The successor accepts on every listener it adopted or bound.
-    Ready,
-    /// The predecessor stopped accepting; it still serves `kept` connections until they end.
+    Ready {},
+    /// Established tunnels, suspended by the predecessor. Their descriptors follow in order,
+    /// per tunnel: the client's socket, the backend's, then for each direction with bytes in
+    /// flight (client → backend first) its pipe's read and write ends.
+    Tunnels {
+        /// What each tunnel is.
+        tunnels: Vec<TunnelMeta>,
+    },
+    /// The successor holds the last batch's descriptors and will relay every tunnel of it but
+    /// the `refused` ones (the predecessor resumes those); it touches none until `Released`.
+    Adopted {
+        /// Tunnels of the batch the successor cannot take, and why.
+        refused: Vec<Refusal>,
+    },
+    /// The predecessor let go of the adopted tunnels: the successor relays them from now on.
+    Released {},
+    /// The predecessor stopped accepting and handed over what it could; it still serves
+    /// `kept` connections until they end.
     Done {
-        /// Connections the predecessor keeps (handshakes in flight, tunnels).
+        /// Connections the predecessor keeps (handshakes in flight, TLS tunnels, refused ones).
         kept: u64,
     },
 }
@@ -47,8 +64,11 @@ impl Message {
             Self::Hello { .. } => "hello",
             Self::Refused { .. } => "refused",
             Self::Listeners { .. } => "listeners",
-            Self::Endpoint => "endpoint",
-            Self::Ready => "ready",
+            Self::Endpoint {} => "endpoint",
+            Self::Ready {} => "ready",
+            Self::Tunnels { .. } => "tunnels",
+            Self::Adopted { .. } => "adopted",
+            Self::Released {} => "released",
             Self::Done { .. } => "done",
         }
     }
@@ -57,7 +77,8 @@ impl Message {
     pub fn fds(&self) -> usize {
         match self {
             Self::Listeners { listeners } => listeners.len(),
-            Self::Endpoint => 1,
+            Self::Endpoint {} => 1,
+            Self::Tunnels { tunnels } => tunnels.iter().map(TunnelMeta::fds).sum(),
             _ => 0,
         }
     }
@@ -73,6 +94,74 @@ pub struct ListenerMeta {
     pub configured: SocketAddr,
     /// The address the socket is bound to.
     pub bound: SocketAddr,
+}
+
+/// An established tunnel handed over.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TunnelMeta {
+    /// The listener that accepted the client.
+    pub listener: String,
+    /// The pool of the backend (empty when the predecessor no longer lists the backend).
+    pub pool: String,
+    /// The backend's address: with `pool`, the backend's identity.
+    pub backend: SocketAddr,
+    /// The client's address as the predecessor knew it (PROXY protocol included).
+    pub client: SocketAddr,
+    /// How long the tunnel has been open, in milliseconds (clocks are not compared across
+    /// processes; ages are).
+    pub age_ms: u64,
+    /// Client → backend.
+    pub client_to_backend: DirectionMeta,
+    /// Backend → client.
+    pub backend_to_client: DirectionMeta,
+    /// The side whose end of stream came first, if one has.
+    pub first_eof: Option<Peer>,
+}
+
+impl TunnelMeta {
+    /// How many descriptors travel with this tunnel: two sockets, and a pipe's two ends per
+    /// direction with bytes in flight.
+    pub fn fds(&self) -> usize {
+        2 + 2 * usize::from(self.client_to_backend.pending > 0)
+            + 2 * usize::from(self.backend_to_client.pending > 0)
+    }
+}
+
+/// One direction of a tunnel handed over.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DirectionMeta {
+    /// Bytes in flight, in the pipe that travels with the tunnel (none when 0).
+    pub pending: u64,
+    /// The source reached end of stream.
+    pub read_eof: bool,
+    /// End of stream was passed on to the destination.
+    pub done: bool,
+    /// Bytes delivered by splice so far.
+    pub spliced: u64,
+    /// Bytes delivered through a buffer so far.
+    pub copied: u64,
+}
+
+/// One side of a tunnel.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Peer {
+    /// The client.
+    Client,
+    /// The backend.
+    Backend,
+}
+
+/// A tunnel of a batch the successor could not take.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Refusal {
+    /// Its index in the batch.
+    pub index: usize,
+    /// Why, for the predecessor's log.
+    pub reason: String,
 }
 
 #[cfg(test)]
@@ -110,8 +199,26 @@ mod tests {
                 "listeners",
                 2,
             ),
-            (Message::Endpoint, "endpoint", 1),
-            (Message::Ready, "ready", 0),
+            (Message::Endpoint {}, "endpoint", 1),
+            (Message::Ready {}, "ready", 0),
+            (
+                Message::Tunnels {
+                    tunnels: vec![tunnel(0, 0), tunnel(10, 0), tunnel(3, 65_536)],
+                },
+                "tunnels",
+                2 + 4 + 6,
+            ),
+            (
+                Message::Adopted {
+                    refused: vec![Refusal {
+                        index: 1,
+                        reason: "bad pipe".into(),
+                    }],
+                },
+                "adopted",
+                0,
+            ),
+            (Message::Released {}, "released", 0),
             (Message::Done { kept: 7 }, "done", 0),
         ];
         for (message, kind, fds) in cases {
@@ -123,10 +230,33 @@ mod tests {
         }
     }
 
+    fn tunnel(up: u64, down: u64) -> TunnelMeta {
+        TunnelMeta {
+            listener: "ws".into(),
+            pool: "chat".into(),
+            backend: "127.0.0.1:9000".parse().unwrap(),
+            client: "[::1]:50000".parse().unwrap(),
+            age_ms: 1234,
+            client_to_backend: DirectionMeta {
+                pending: up,
+                ..DirectionMeta::default()
+            },
+            backend_to_client: DirectionMeta {
+                pending: down,
+                read_eof: true,
+                done: false,
+                spliced: 1 << 40,
+                copied: 5,
+            },
+            first_eof: Some(Peer::Backend),
+        }
+    }
+
     #[test]
     fn unknown_kinds_and_fields_are_errors() {
         for json in [
-            r#"{"type":"tunnels","tunnels":[]}"#,
+            r#"{"type":"sockets","sockets":[]}"#,
+            r#"{"type":"released","extra":1}"#,
             r#"{"type":"done","kept":1,"extra":1}"#,
             r#"{"type":"hello","version":1}"#,
             "not json",

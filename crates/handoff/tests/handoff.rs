@@ -10,7 +10,8 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use sluice_handoff::{
-    Channel, Endpoint, HandoffError, ListenerMeta, Message, hand_over, refuse, take_over,
+    Channel, DirectionMeta, Endpoint, HandoffError, Inherited, ListenerMeta, Message, Refusal,
+    TunnelMeta, hand_over, refuse, take_over,
 };
 
 const TIMEOUT: Duration = Duration::from_secs(10);
@@ -107,29 +108,89 @@ async fn listeners_cross_over_and_a_queued_connection_is_accepted_by_the_success
     drop(endpoint_copy);
 }
 
+fn tunnel_meta(client: &TcpStream) -> TunnelMeta {
+    TunnelMeta {
+        listener: "ws".into(),
+        pool: "chat".into(),
+        backend: client.peer_addr().unwrap(),
+        client: client.local_addr().unwrap(),
+        age_ms: 5,
+        client_to_backend: DirectionMeta::default(),
+        backend_to_client: DirectionMeta {
+            spliced: 10,
+            ..DirectionMeta::default()
+        },
+        first_eof: None,
+    }
+}
+
+/// Ready, a batch of tunnels (one refused by the successor), Released, Done: the successor
+/// ends up with working sockets of the tunnels it adopted and the predecessor's count.
 #[tokio::test]
-async fn ready_and_done_complete_the_handover() {
+async fn ready_tunnels_and_done_complete_the_handover() {
     let path = socket_path("handoff.sock");
     let endpoint = Endpoint::bind(&path).unwrap();
     let ws = TcpListener::bind("127.0.0.1:0").unwrap();
     let ws_fd = ws.as_fd().try_clone_to_owned().unwrap();
     let endpoint_fd = endpoint.as_fd().try_clone_to_owned().unwrap();
     let metas = [meta("ws", &ws)];
+    // Two "tunnels": each a pair of connected sockets whose far ends the test keeps.
+    let pairs: Vec<(TcpStream, TcpStream)> = (0..2)
+        .map(|_| {
+            let a = TcpStream::connect(ws.local_addr().unwrap()).unwrap();
+            let (b, _) = ws.accept().unwrap();
+            (a, b)
+        })
+        .collect();
     let successor_path = path.clone();
     let successor = std::thread::spawn(move || {
         let inheritance = take_over(&successor_path, TIMEOUT).unwrap();
+        inheritance.ready().unwrap();
+        let Inherited::Tunnels(batch) = inheritance.next().unwrap() else {
+            panic!("no tunnels")
+        };
+        assert_eq!(batch.len(), 2);
+        assert!(batch.iter().all(|(meta, fds)| fds.len() == meta.fds()));
+        inheritance
+            .adopted(vec![Refusal {
+                index: 1,
+                reason: "not this one".into(),
+            }])
+            .unwrap();
+        let Inherited::Done { kept } = inheritance.next().unwrap() else {
+            panic!("no done")
+        };
         let endpoint = inheritance.endpoint.try_clone().unwrap();
-        (inheritance.ready().unwrap(), endpoint)
+        let mut adopted = batch.into_iter().next().unwrap();
+        (kept, endpoint, adopted.0, adopted.1.remove(0))
     });
-    let handover = predecessor(&endpoint, move |channel| {
+    let sent: Vec<TunnelMeta> = pairs.iter().map(|(a, _)| tunnel_meta(a)).collect();
+    let expected = sent[0].clone();
+    let fds: Vec<OwnedFd> = pairs
+        .iter()
+        .flat_map(|(a, b)| [a, b])
+        .map(|s| s.as_fd().try_clone_to_owned().unwrap())
+        .collect();
+    let refused = predecessor(&endpoint, move |channel| {
         let borrowed = [(metas[0].clone(), ws_fd.as_fd())];
-        hand_over(channel, &borrowed, endpoint_fd.as_fd(), TIMEOUT)
+        let handover = hand_over(channel, &borrowed, endpoint_fd.as_fd(), TIMEOUT).unwrap();
+        let borrowed: Vec<_> = fds.iter().map(AsFd::as_fd).collect();
+        let refused = handover.send_tunnels(sent, &borrowed).unwrap();
+        handover.release().unwrap();
+        handover.done(3).unwrap();
+        refused
     })
-    .await
-    .unwrap();
-    handover.done(3).unwrap();
-    let (kept, endpoint_fd) = successor.join().unwrap();
-    assert_eq!(kept, 3);
+    .await;
+    assert_eq!(refused.iter().map(|r| r.index).collect::<Vec<_>>(), [1]);
+    let (kept, endpoint_fd, meta, client_fd) = successor.join().unwrap();
+    assert_eq!((kept, meta), (3, expected));
+    // The adopted descriptor is the tunnel's socket: bytes written through it arrive.
+    let mut adopted = TcpStream::from(client_fd);
+    adopted.write_all(b"moved").unwrap();
+    let mut got = [0u8; 5];
+    let mut far = &pairs[0].1;
+    far.read_exact(&mut got).unwrap();
+    assert_eq!(&got, b"moved");
 
     // The successor's copy of the endpoint is the same socket: once the predecessor closed its
     // own, a third process reaches the successor at the same path.
@@ -208,7 +269,7 @@ async fn a_silent_successor_times_out_and_a_wrong_descriptor_count_is_refused() 
     });
     let accepted = endpoint.accept(TIMEOUT).await.unwrap();
     let channel = channel.join().unwrap();
-    let error = channel.send(&Message::Endpoint, &[]).unwrap_err();
+    let error = channel.send(&Message::Endpoint {}, &[]).unwrap_err();
     assert!(matches!(error, HandoffError::TooLarge(_)), "{error:?}");
     drop(accepted);
 }

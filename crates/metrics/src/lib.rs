@@ -121,6 +121,8 @@ catalogue! {
         "Configuration reloads by result (success, error).";
     CONFIG_LAST_RELOAD_SUCCESS = "sluice_config_last_reload_success_timestamp_seconds", Gauge, Some(Unit::Seconds), [], None,
         "When the configuration was last loaded or reloaded successfully, in Unix seconds.";
+    HANDOFF_TUNNELS = "sluice_handoff_tunnels_total", Counter, None, ["result"], None,
+        "Established tunnels in binary upgrades, by result: handed_over (this process gave it to its successor), adopted (this process took it from its predecessor), refused (a tunnel the successor could not take: its pool or backend is not in the new configuration, or a descriptor failed its check), kept (the handoff failed and this process resumed it; it is not lost).";
     READY = "sluice_ready", Gauge, None, [], None,
         "1 while sluice accepts new connections, 0 before start and from shutdown on.";
     PROCESS_CPU = "process_cpu_seconds_total", Counter, Some(Unit::Seconds), [], None,
@@ -511,6 +513,11 @@ pub mod global {
     /// How many client sources `limits.per_source` tracks now.
     pub fn source_table_entries(entries: usize) {
         gauge!(names::SOURCE_TABLE_ENTRIES).set(entries as f64);
+    }
+
+    /// Tunnels of a binary upgrade: `result` is `handed_over`, `adopted`, `refused` or `kept`.
+    pub fn handoff_tunnels(result: &'static str, tunnels: usize) {
+        counter!(names::HANDOFF_TUNNELS, "result" => result).increment(tunnels as u64);
     }
 
     /// Readiness: accepting new connections or not.

@@ -21,7 +21,7 @@ use sluice_handshake::{
     read_response_head, write_forwarded_request, write_set_cookie,
 };
 use sluice_metrics::{BackendMetrics, PoolMetrics};
-use sluice_splice::RelayOptions;
+use sluice_splice::{RelayOptions, RelayReport, Relayed, Suspended};
 use sluice_tls::BackendStream;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -35,7 +35,7 @@ use crate::http::{self, UpgradeRequest};
 use crate::pool::Dial;
 use crate::snapshot::{Snapshot, canonical};
 use crate::stream::ClientStream;
-use crate::tunnels::Bytes;
+use crate::tunnels::{Bytes, Portability};
 
 /// How long a rejected client may keep sending before its connection is closed anyway.
 const LINGER: Duration = Duration::from_secs(2);
@@ -80,7 +80,12 @@ pub(crate) fn serve(
             return;
         };
         let (_active, _source) = (active, source);
-        tunnel(&shared, id, client, backend, guard, &options, metrics).await;
+        let origin = Origin {
+            listener: &listener,
+            started: Instant::now(),
+        };
+        let streams = Streams::of(client, backend);
+        tunnel(&shared, id, streams, guard, &options, metrics, origin).await;
     }
 }
 
@@ -521,7 +526,40 @@ pub(crate) async fn connect(
     }))
 }
 
-/// The L4 act: relay until both sides are done, or the tunnel is stopped.
+/// What a tunnel relays.
+pub(crate) enum Streams {
+    /// Two plain sockets, spliced: a binary upgrade can hand the tunnel over.
+    Splice(TcpStream, TcpStream),
+    /// A spliced tunnel that already moved bytes, handed over by a predecessor. Boxed: it is
+    /// held only until its relay starts, and inline it would widen every tunnel's future.
+    Resumed(Box<Suspended>),
+    /// TLS on a side (terminated from the client, originated to the backend): bytes are
+    /// encrypted or decrypted in user space, so the tunnel copies, and stays in this process.
+    Copy(ClientStream, BackendStream),
+}
+
+impl Streams {
+    pub(crate) fn of(client: ClientStream, backend: BackendStream) -> Self {
+        match (client, backend) {
+            (ClientStream::Plain(client), BackendStream::Plain(backend)) => {
+                Self::Splice(client, backend)
+            }
+            (client, backend) => Self::Copy(client, backend),
+        }
+    }
+}
+
+/// Where a tunnel came from, for a successor that takes it over.
+#[derive(Clone, Copy)]
+pub(crate) struct Origin<'a> {
+    /// The listener that accepted its client.
+    pub(crate) listener: &'a str,
+    /// When its relay started (in the first process that relayed it).
+    pub(crate) started: Instant,
+}
+
+/// The L4 act: relay until both sides are done, or the tunnel is stopped, or handed over to a
+/// successor process (binary upgrade).
 ///
 /// Not an `async fn`, whose arguments would each be held twice by its future
 /// (rust-lang/rust#62958): this future lives as long as the tunnel, idle or not.
@@ -529,44 +567,40 @@ pub(crate) async fn connect(
 pub(crate) fn tunnel<'a>(
     shared: &'a Shared,
     id: u64,
-    client: ClientStream,
-    backend: BackendStream,
+    streams: Streams,
     guard: BackendGuard,
     options: &'a RelayOptions,
     metrics: TunnelMetrics,
+    origin: Origin<'a>,
 ) -> impl Future<Output = ()> + 'a {
     async move {
         let _tunnel = shared.stats.tunnel();
         let _active = GaugeGuard::new(&metrics.backend.tunnels_active);
         // Drain (a reload removed the backend) or shutdown closes the tunnel through its
         // registration, which also lets the metrics count its bytes while it lives.
-        let bytes = Arc::new(Bytes::new(metrics.backend.clone()));
-        let registration = shared.tunnels.register(
-            id,
-            Arc::clone(guard.backend()),
-            Arc::clone(&bytes),
-            &shared.stop_tunnels,
-        );
-        // Pinned here and lent to the relay: moved into it, it would be held twice (once as an
-        // argument, once pinned), for as long as the tunnel lives.
-        let report = {
-            let mut stop = std::pin::pin!(registration.stopped());
-            // Plain sockets splice; TLS on either side (terminated from the client, originated
-            // to the backend) means bytes encrypted or decrypted in user space, so the tunnel
-            // copies.
-            match (client, backend) {
-                (ClientStream::Plain(client), BackendStream::Plain(backend)) => {
-                    sluice_splice::relay(
-                        client,
-                        backend,
-                        options,
-                        &shared.pipes,
-                        &bytes.traffic,
-                        stop.as_mut(),
-                    )
-                    .await
-                }
-                (client, backend) => {
+        let bytes = Arc::new(match &streams {
+            Streams::Resumed(t) => Bytes::continued(
+                metrics.backend.clone(),
+                t.client_to_backend.delivered(),
+                t.backend_to_client.delivered(),
+            ),
+            Streams::Splice(..) | Streams::Copy(..) => Bytes::new(metrics.backend.clone()),
+        });
+        let mut tunnel = match streams {
+            Streams::Splice(client, backend) => Suspended::new(client, backend),
+            Streams::Resumed(tunnel) => *tunnel,
+            Streams::Copy(client, backend) => {
+                let registration = shared.tunnels.register(
+                    id,
+                    Arc::clone(guard.backend()),
+                    Arc::clone(&bytes),
+                    &shared.stop_tunnels,
+                    Portability::Never,
+                );
+                // Pinned here and lent to the relay: moved into it, it would be held twice
+                // (once as an argument, once pinned), for as long as the tunnel lives.
+                let report = {
+                    let mut stop = std::pin::pin!(registration.closed());
                     sluice_splice::relay_copy(
                         client,
                         backend,
@@ -575,27 +609,76 @@ pub(crate) fn tunnel<'a>(
                         stop.as_mut(),
                     )
                     .await
+                };
+                drop(registration);
+                return closed(&metrics, &guard, origin, &report);
+            }
+        };
+        let mut portability = Portability::Portable;
+        let report = loop {
+            let registration = shared.tunnels.register(
+                id,
+                Arc::clone(guard.backend()),
+                Arc::clone(&bytes),
+                &shared.stop_tunnels,
+                portability,
+            );
+            // Scoped so that the relay's result does not stay in the future while the verdict
+            // is awaited.
+            let verdict = {
+                let relayed = {
+                    let mut stop = std::pin::pin!(registration.stopped());
+                    sluice_splice::resume(
+                        tunnel,
+                        options,
+                        &shared.pipes,
+                        &bytes.traffic,
+                        stop.as_mut(),
+                    )
+                    .await
+                };
+                let suspended = match relayed {
+                    Relayed::Closed(report) => break report,
+                    Relayed::Suspended(suspended) => suspended,
+                };
+                let meta = crate::handoff::describe(shared, &suspended, &guard, origin);
+                // Queued before leaving the registry: a handoff that sees no portable tunnel
+                // registered has every suspended one in its queue.
+                crate::handoff::hand_over(shared, meta, suspended)
+            };
+            drop(registration);
+            match verdict.await {
+                Ok(()) => {
+                    debug!(backend = %guard.addr(), "tunnel handed over");
+                    return;
+                }
+                Err(back) => {
+                    tunnel = back;
+                    portability = Portability::Returned;
                 }
             }
         };
-        drop(registration);
-        metrics.pool.tunnel_closed(report.closed_by.label());
-        metrics
-            .pool
-            .tunnel_duration
-            .record(report.duration.as_secs_f64());
-        debug!(
-            backend = %guard.addr(),
-            closed_by = report.closed_by.label(),
-            client_to_backend = report.client_to_backend,
-            backend_to_client = report.backend_to_client,
-            spliced = report.spliced_bytes,
-            copied = report.copied_bytes,
-            duration = ?report.duration,
-            "tunnel closed"
-        );
-        drop(guard);
+        closed(&metrics, &guard, origin, &report);
     }
+}
+
+/// Counts and logs a closed tunnel.
+fn closed(metrics: &TunnelMetrics, guard: &BackendGuard, origin: Origin<'_>, report: &RelayReport) {
+    metrics.pool.tunnel_closed(report.closed_by.label());
+    metrics
+        .pool
+        .tunnel_duration
+        .record(origin.started.elapsed().as_secs_f64());
+    debug!(
+        backend = %guard.addr(),
+        closed_by = report.closed_by.label(),
+        client_to_backend = report.client_to_backend,
+        backend_to_client = report.backend_to_client,
+        spliced = report.spliced_bytes,
+        copied = report.copied_bytes,
+        duration = ?report.duration,
+        "tunnel closed"
+    );
 }
 
 pub(crate) fn relay_options(config: &sluice_config::Config) -> RelayOptions {
@@ -755,8 +838,9 @@ mod tests {
     /// An idle tunnel's memory is mostly its connection task: pin the size of the future
     /// `serve` returns, so that an L7 change cannot grow every idle tunnel unnoticed (a local
     /// kept across the tunnel's await, an async fn holding its arguments twice). Measured
-    /// 1,424 bytes (dev profile, x86_64; 1,256 before the per-source guard, the listener's slot
-    /// and the backend stream that may be TLS joined it); it was 2,048 with the L7 act inline,
+    /// 1,456 bytes (dev profile, x86_64; 1,256 before the per-source guard, the listener's slot
+    /// and the backend stream that may be TLS joined it, 1,424 before the tunnel's origin for a
+    /// binary upgrade, 32 bytes, did); it was 2,048 with the L7 act inline,
     /// when massif counted 3,266 bytes per connection task (docs/performance.md).
     #[tokio::test]
     async fn serve_future_size_is_pinned() {

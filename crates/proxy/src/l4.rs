@@ -165,14 +165,19 @@ pub(crate) async fn serve(
         .record(accepted_at.elapsed().as_secs_f64());
     sockets.apply(&client, backend.tcp());
     debug!(backend = %guard.addr(), sni = sni.as_deref().unwrap_or(""), "relaying");
+    let origin = conn::Origin {
+        listener: &listener,
+        started: Instant::now(),
+    };
+    let streams = conn::Streams::of(ClientStream::Plain(client), backend);
     conn::tunnel(
         &shared,
         id,
-        ClientStream::Plain(client),
-        backend,
+        streams,
         guard,
         &relay_options,
         tunnel_metrics,
+        origin,
     )
     .await;
 }

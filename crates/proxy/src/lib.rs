@@ -24,6 +24,7 @@ mod admin;
 mod client;
 mod conn;
 mod discovery;
+mod handoff;
 mod health;
 mod http;
 mod l4;
@@ -56,6 +57,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{info, warn};
 
+pub use handoff::Adoption;
 pub use limits::derived_max_connections;
 pub use reload::{ReloadError, ReloadStats};
 pub use snapshot::{ListenerRuntime, Snapshot, check_tls};
@@ -139,6 +141,8 @@ pub(crate) struct Shared {
     pub(crate) stop_tunnels: CancellationToken,
     /// Live tunnels, for drain and shutdown.
     pub(crate) tunnels: Tunnels,
+    /// Suspended tunnels on their way to a successor (binary upgrade).
+    pub(crate) handoff: handoff::Handoff,
     /// Cancelled when shutdown starts: keep-alive connections close instead of waiting for
     /// their next request, and answers in flight say `Connection: close`.
     pub(crate) closing: CancellationToken,
@@ -208,6 +212,7 @@ impl Server {
                 sources,
                 stop_tunnels: CancellationToken::new(),
                 tunnels: Tunnels::default(),
+                handoff: handoff::Handoff::default(),
                 closing: CancellationToken::new(),
                 idle: pool::IdlePool::default(),
                 tasks: TaskTracker::new(),

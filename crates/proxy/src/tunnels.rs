@@ -1,6 +1,7 @@
 //! The registry of live tunnels: what drain and shutdown need to close tunnels one by one,
-//! oldest first, spread over a window, and what the metrics publisher reads to count the bytes
-//! of tunnels while they live.
+//! oldest first, spread over a window, what a binary upgrade needs to suspend every tunnel it
+//! can hand over, and what the metrics publisher reads to count the bytes of tunnels while
+//! they live.
 //!
 //! A tunnel registers when its relay starts and is removed when it ends (RAII). Each entry holds
 //! the tunnel's own stop token, its backend, its live byte counters and what of them was
@@ -9,13 +10,13 @@
 //! shutdown and the publisher (every few seconds) scan it whole.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
 use sluice_balance::Backend;
 use sluice_metrics::BackendMetrics;
-use sluice_splice::Traffic;
+use sluice_splice::{Stop, Traffic};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info};
@@ -28,6 +29,12 @@ struct Entry {
     backend: Arc<Backend>,
     stop: CancellationToken,
     bytes: Arc<Bytes>,
+    /// Spliced (two plain sockets): a successor process can take it over.
+    portable: bool,
+    /// Its stop signal asks it to suspend (a binary upgrade), not to close. Set with the
+    /// signal and read when the tunnel acts on it, however late: a handoff that ended
+    /// meanwhile gives the tunnel back, never closes it.
+    suspend: bool,
 }
 
 /// A tunnel's byte counters (moved by the relay) and how much of them the metrics have.
@@ -40,10 +47,27 @@ pub(crate) struct Bytes {
 
 impl Bytes {
     pub(crate) fn new(metrics: Arc<BackendMetrics>) -> Self {
+        Self::continued(metrics, 0, 0)
+    }
+
+    /// Counters of a tunnel that moved these bytes before (in the process that handed it
+    /// over, which published them): they go on from there, and only what moves here is
+    /// published here.
+    pub(crate) fn continued(
+        metrics: Arc<BackendMetrics>,
+        client_to_backend: u64,
+        backend_to_client: u64,
+    ) -> Self {
         Self {
-            traffic: Traffic::default(),
+            traffic: Traffic {
+                client_to_backend: AtomicU64::new(client_to_backend),
+                backend_to_client: AtomicU64::new(backend_to_client),
+            },
             metrics,
-            published: [AtomicU64::new(0), AtomicU64::new(0)],
+            published: [
+                AtomicU64::new(client_to_backend),
+                AtomicU64::new(backend_to_client),
+            ],
         }
     }
 
@@ -74,6 +98,21 @@ impl Bytes {
 #[derive(Debug, Default)]
 pub(crate) struct Tunnels {
     shards: [Mutex<HashMap<u64, Entry>>; SHARDS],
+    /// A binary upgrade is handing tunnels over: a portable tunnel told to stop suspends
+    /// instead of closing, and one registered meanwhile is told at once.
+    suspending: AtomicBool,
+}
+
+/// Whether a binary upgrade can take a tunnel over.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Portability {
+    /// TLS on a side: it stays in this process.
+    Never,
+    /// Spliced: a binary upgrade takes it over.
+    Portable,
+    /// Spliced, and just given back by the handoff under way (its successor refused it, or the
+    /// handoff failed): a later upgrade may take it, this one does not ask again.
+    Returned,
 }
 
 /// A tunnel's place in the registry; dropping it removes the tunnel.
@@ -82,11 +121,25 @@ pub(crate) struct Registration<'a> {
     tunnels: &'a Tunnels,
     id: u64,
     stop: CancellationToken,
+    portable: bool,
 }
 
 impl Registration<'_> {
+    /// Resolves when drain or shutdown asks this tunnel to close ([`Stop::Close`]), or a binary
+    /// upgrade to suspend it ([`Stop::Suspend`], portable tunnels only).
+    pub(crate) async fn stopped(&self) -> Stop {
+        self.stop.cancelled().await;
+        let suspend = self.portable
+            && self
+                .tunnels
+                .shard(self.id)
+                .get(&self.id)
+                .is_some_and(|e| e.suspend);
+        if suspend { Stop::Suspend } else { Stop::Close }
+    }
+
     /// Resolves when drain or shutdown asks this tunnel to close.
-    pub(crate) fn stopped(&self) -> tokio_util::sync::WaitForCancellationFuture<'_> {
+    pub(crate) fn closed(&self) -> tokio_util::sync::WaitForCancellationFuture<'_> {
         self.stop.cancelled()
     }
 }
@@ -102,27 +155,76 @@ impl Drop for Registration<'_> {
 impl Tunnels {
     /// Registers tunnel `id` to `backend`, its bytes counted in `bytes`. Its stop signal is a
     /// child of `parent` (the server's shutdown token), so a tunnel waits on one token, not two.
+    /// A [`Portability::Portable`] tunnel registered while tunnels are being suspended is told
+    /// at once.
     pub(crate) fn register(
         &self,
         id: u64,
         backend: Arc<Backend>,
         bytes: Arc<Bytes>,
         parent: &CancellationToken,
+        portability: Portability,
     ) -> Registration<'_> {
         let stop = parent.child_token();
-        self.shard(id).insert(
+        let portable = portability != Portability::Never;
+        let mut shard = self.shard(id);
+        // Under the shard lock: either `suspend_portable` sees the entry, or this sees its
+        // flag.
+        let suspend =
+            portability == Portability::Portable && self.suspending.load(Ordering::Acquire);
+        shard.insert(
             id,
             Entry {
                 backend,
                 stop: stop.clone(),
                 bytes,
+                portable,
+                suspend,
             },
         );
+        drop(shard);
+        if suspend {
+            stop.cancel();
+        }
         Registration {
             tunnels: self,
             id,
             stop,
+            portable,
         }
+    }
+
+    /// Tells every portable tunnel, and each one registered until [`Tunnels::end_suspending`],
+    /// to suspend (a binary upgrade hands them over). Returns how many were live.
+    pub(crate) fn suspend_portable(&self) -> usize {
+        self.suspending.store(true, Ordering::Release);
+        let mut asked = Vec::new();
+        for shard in &self.shards {
+            for entry in lock(shard).values_mut().filter(|e| e.portable) {
+                entry.suspend = true;
+                asked.push(entry.stop.clone());
+            }
+        }
+        let n = asked.len();
+        for stop in asked {
+            stop.cancel();
+        }
+        n
+    }
+
+    /// Tunnels registered from now on are not asked to suspend (those already asked still
+    /// do, and are given back).
+    pub(crate) fn end_suspending(&self) {
+        self.suspending.store(false, Ordering::Release);
+    }
+
+    /// Tunnels asked to suspend and still registered: during a handoff, those that have not
+    /// yet queued themselves (a tunnel queues itself, then leaves).
+    pub(crate) fn asked(&self) -> usize {
+        self.shards
+            .iter()
+            .map(|s| lock(s).values().filter(|e| e.suspend).count())
+            .sum()
     }
 
     /// Publishes the bytes every live tunnel moved since the last time.
@@ -143,13 +245,13 @@ impl Tunnels {
     }
 
     /// Stop tokens of the live tunnels that `filter` selects, oldest first.
-    fn select(&self, filter: impl Fn(&Backend) -> bool) -> Vec<CancellationToken> {
+    fn select(&self, filter: impl Fn(&Entry) -> bool) -> Vec<CancellationToken> {
         let mut chosen: Vec<(u64, CancellationToken)> = Vec::new();
         for shard in &self.shards {
             chosen.extend(
                 lock(shard)
                     .iter()
-                    .filter(|(_, e)| filter(&e.backend))
+                    .filter(|(_, e)| filter(e))
                     .map(|(id, e)| (*id, e.stop.clone())),
             );
         }
@@ -159,7 +261,7 @@ impl Tunnels {
 
     /// Closes the live tunnels to `backend`, oldest first, spread evenly over `spread`.
     pub(crate) async fn close_backend(&self, backend: &Arc<Backend>, spread: Duration) -> usize {
-        let victims = self.select(|b| std::ptr::eq(b, &**backend));
+        let victims = self.select(|e| Arc::ptr_eq(&e.backend, backend));
         let n = victims.len();
         if n > 0 {
             info!(backend = %backend.addr(), tunnels = n, spread = ?spread, "drain deadline: closing tunnels");
@@ -222,12 +324,56 @@ mod tests {
     fn registrations_come_and_go() {
         let tunnels = Tunnels::default();
         let b = backend(1);
-        let r1 = tunnels.register(1, Arc::clone(&b), counters(), &CancellationToken::new());
-        let r2 = tunnels.register(2, Arc::clone(&b), counters(), &CancellationToken::new());
+        let r1 = tunnels.register(
+            1,
+            Arc::clone(&b),
+            counters(),
+            &CancellationToken::new(),
+            Portability::Portable,
+        );
+        let r2 = tunnels.register(
+            2,
+            Arc::clone(&b),
+            counters(),
+            &CancellationToken::new(),
+            Portability::Never,
+        );
         assert_eq!(tunnels.len(), 2);
         drop(r1);
         assert_eq!(tunnels.len(), 1);
         drop(r2);
+        assert_eq!(tunnels.len(), 0);
+    }
+
+    #[tokio::test]
+    async fn suspending_tells_portable_tunnels_only_and_those_registered_meanwhile() {
+        use Portability::{Never, Portable, Returned};
+        let tunnels = Tunnels::default();
+        let b = backend(1);
+        let parent = CancellationToken::new();
+        let plain = tunnels.register(1, Arc::clone(&b), counters(), &parent, Portable);
+        let tls = tunnels.register(2, Arc::clone(&b), counters(), &parent, Never);
+        assert_eq!(tunnels.suspend_portable(), 1);
+        assert_eq!(tunnels.asked(), 1);
+        assert_eq!(plain.stopped().await, Stop::Suspend);
+        assert!(!tls.stop.is_cancelled(), "a TLS tunnel stays");
+        let late = tunnels.register(3, Arc::clone(&b), counters(), &parent, Portable);
+        assert_eq!(late.stopped().await, Stop::Suspend);
+        assert_eq!(tunnels.asked(), 2);
+        tunnels.end_suspending();
+        // Asked before the handoff ended: still a suspension (the tunnel is given back).
+        assert_eq!(plain.stopped().await, Stop::Suspend);
+        drop((plain, late));
+        // Given back during the handoff: not asked again by it.
+        let back = tunnels.register(4, Arc::clone(&b), counters(), &parent, Returned);
+        assert!(!back.stop.is_cancelled());
+        assert_eq!(tunnels.asked(), 0);
+        // Told to stop by a drain or a shutdown: it closes.
+        back.stop.cancel();
+        assert_eq!(back.stopped().await, Stop::Close);
+        let after = tunnels.register(5, b, counters(), &parent, Portable);
+        assert!(!after.stop.is_cancelled());
+        drop((tls, back, after));
         assert_eq!(tunnels.len(), 0);
     }
 
@@ -266,7 +412,13 @@ mod tests {
             .map(|(id, be)| {
                 (
                     id,
-                    tunnels.register(id, Arc::clone(be), counters(), &CancellationToken::new()),
+                    tunnels.register(
+                        id,
+                        Arc::clone(be),
+                        counters(),
+                        &CancellationToken::new(),
+                        Portability::Portable,
+                    ),
                 )
             })
             .collect();

@@ -2,10 +2,12 @@
 //! it (the conversation itself is `sluice-handoff`'s).
 //!
 //! A predecessor hands over every running listener's socket and the admin listener's, then
-//! stops accepting and drains like a shutdown: its connections end there. A successor adopts
-//! each inherited socket whose listener name and configured address match its own
-//! configuration and binds the rest; an inherited socket it has no use for is closed (the
-//! predecessor's copy closes with it, and with that the socket).
+//! its established spliced tunnels (`handoff.rs`), stops accepting, hands over the tunnels
+//! whose handshake finishes meanwhile, and drains like a shutdown what it kept (TLS tunnels,
+//! plain HTTP requests in flight). A successor adopts each inherited socket whose listener
+//! name and configured address match its own configuration and binds the rest; an inherited
+//! socket it has no use for is closed (the predecessor's copy closes with it, and with that
+//! the socket).
 
 use std::net::SocketAddr;
 use std::os::fd::{AsFd, OwnedFd};
@@ -126,28 +128,49 @@ impl Server {
                     continue;
                 }
             };
-            // The successor accepts on the same sockets: stop accepting here.
-            control.stop_all_listeners().await;
-            {
-                let mut admin = self.admin_state();
-                admin.socket = None;
-                if let Some(stop) = admin.stop.take() {
-                    stop.cancel();
+            let successor = handover.successor;
+            // The successor accepts on the same sockets. The tunnels go first, while this
+            // process still accepts too; then it stops accepting, and the tunnels whose
+            // handshake finishes meanwhile follow.
+            let running = &mut control;
+            let stop_accepting = move || async move {
+                running.stop_all_listeners().await;
+                {
+                    let mut admin = self.admin_state();
+                    admin.socket = None;
+                    if let Some(stop) = admin.stop.take() {
+                        stop.cancel();
+                    }
                 }
-            }
-            self.shared.ready.store(false, Ordering::Relaxed);
+                self.shared.ready.store(false, Ordering::Relaxed);
+                // Keep-alive connections close after their request, as on shutdown.
+                self.shared.closing.cancel();
+            };
+            let handover = match crate::handoff::transfer(&self.shared, handover, stop_accepting)
+                .await
+            {
+                Ok(handover) => handover,
+                Err((error, false)) => {
+                    warn!(%error, successor, "upgrade failed while handing tunnels over: this process keeps serving, and every tunnel not handed over");
+                    continue;
+                }
+                Err((error, true)) => {
+                    warn!(%error, successor, "the successor failed after it took over; this process drains what it kept");
+                    return;
+                }
+            };
             drop(control);
             let kept = self.stats().connections_active();
-            let successor = handover.successor;
             if let Err(error) = tokio::task::spawn_blocking(move || handover.done(kept))
                 .await
                 .unwrap_or(Err(HandoffError::Closed))
             {
-                warn!(%error, successor, "the successor did not hear that this process stopped accepting");
+                warn!(%error, successor, "the successor did not hear that this process is done");
             }
             info!(
                 successor,
-                kept, "upgraded: the successor accepts; draining what is left here"
+                kept,
+                "upgraded: the successor accepts and relays the tunnels; draining what is left here"
             );
             return;
         }

@@ -15,7 +15,7 @@ use std::io::{Read, Write};
 use std::net::Shutdown;
 use std::time::{Duration, Instant};
 
-use sluice_splice::{PipePool, RelayMode, RelayOptions, Traffic, relay, stats};
+use sluice_splice::{PipePool, RelayMode, RelayOptions, Relayed, Traffic, relay, stats};
 
 fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -67,15 +67,18 @@ fn main() {
                 half_closed_timeout: None,
             };
             let cpu_before = thread_cpu();
-            let report = relay(
+            let relayed = relay(
                 client,
                 backend,
                 &opts,
                 &pool,
                 &Traffic::default(),
-                std::future::pending(),
+                std::future::pending::<()>(),
             )
             .await;
+            let Relayed::Closed(report) = relayed else {
+                unreachable!("a pending stop never suspends");
+            };
             (report, thread_cpu() - cpu_before)
         })
     });

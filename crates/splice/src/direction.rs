@@ -38,6 +38,7 @@ use crate::error::RelayError;
 use crate::policy::Policy;
 use crate::pool::{PipePool, PooledPipe};
 use crate::stats::STATS;
+use crate::suspend::{Held, Pending, PendingPipe};
 use crate::{RelayMode, Side};
 
 /// Reads a direction makes per poll before yielding to the rest of the task.
@@ -116,6 +117,62 @@ impl<'p> Direction<'p> {
             delta: Delta::default(),
             spliced: 0,
             copied: 0,
+        }
+    }
+
+    /// A direction taking up where a suspended one stopped: its pending bytes are written
+    /// first (a pipe joins `pool`), then it goes on as any other.
+    pub(crate) fn resumed(
+        from: Side,
+        mode: RelayMode,
+        buffer_size: usize,
+        pool: Option<&'p PipePool>,
+        held: Held,
+    ) -> Self {
+        let mut dir = Self::new(from, mode, buffer_size, pool);
+        dir.read_eof = held.read_eof;
+        dir.done = held.done;
+        dir.spliced = held.spliced;
+        dir.copied = held.copied;
+        match held.pending {
+            Pending::Empty => {}
+            Pending::Pipe(pending) => match pool {
+                Some(pool) => dir.pipe = Some(pool.adopt(pending.pipe, pending.len)),
+                // A copy-only relay cannot drain a pipe: it never resumes a suspended tunnel.
+                None => debug_assert!(false, "a pipe resumed without a pool"),
+            },
+            Pending::Bytes(bytes) => {
+                let mut buf = Buf::take(buffer_size.max(bytes.len()));
+                if let Some(room) = buf.as_mut_slice().get_mut(..bytes.len()) {
+                    room.copy_from_slice(&bytes);
+                    dir.end = bytes.len();
+                }
+                dir.buf = Some(buf);
+            }
+        }
+        dir
+    }
+
+    /// The direction's state between two polls, to resume later or elsewhere: the pipe's
+    /// bytes stay in their pipe, a buffer's go into a new one ([`Pending::of_bytes`]).
+    pub(crate) fn suspend(mut self) -> Held {
+        let pending = match self.pipe.take().and_then(PooledPipe::detach) {
+            Some((pipe, len)) => Pending::Pipe(PendingPipe { pipe, len }),
+            None => {
+                let bytes = self
+                    .buf
+                    .as_ref()
+                    .and_then(|b| b.as_slice().get(self.start..self.end))
+                    .unwrap_or_default();
+                Pending::of_bytes(bytes)
+            }
+        };
+        Held {
+            pending,
+            read_eof: self.read_eof,
+            done: self.done,
+            spliced: self.spliced,
+            copied: self.copied,
         }
     }
 

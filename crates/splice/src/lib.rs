@@ -79,6 +79,7 @@ mod error;
 mod policy;
 mod pool;
 mod stats;
+mod suspend;
 mod sys;
 mod tunnel;
 
@@ -94,8 +95,10 @@ use tokio::net::TcpStream;
 pub use crate::error::RelayError;
 pub use crate::pool::PipePool;
 pub use crate::stats::RelayStats;
+pub use crate::suspend::{Held, Pending, PendingPipe, Suspended};
 
 use crate::direction::Direction;
+use crate::tunnel::Ended;
 
 /// Default copy buffer per direction: 16 KiB, HAProxy's `tune.bufsize`.
 pub const DEFAULT_BUFFER_SIZE: usize = 16 * 1024;
@@ -252,46 +255,120 @@ pub struct RelayReport {
     pub error: Option<RelayError>,
 }
 
+/// What a tunnel's `stop` future asks for when it resolves.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Stop {
+    /// Close both sockets now ([`CloseReason::Stopped`]): drain, shutdown.
+    Close,
+    /// Hand the tunnel back as it stands ([`Relayed::Suspended`]), to [`resume`] here or in
+    /// another process (binary upgrade).
+    Suspend,
+}
+
+/// A `stop` future of `()` closes.
+impl From<()> for Stop {
+    fn from((): ()) -> Self {
+        Self::Close
+    }
+}
+
+/// How [`relay`] or [`resume`] returned.
+#[derive(Debug)]
+pub enum Relayed {
+    /// The tunnel ended; the sockets are closed.
+    Closed(RelayReport),
+    /// `stop` asked to suspend: the sockets and what was in flight, nothing lost.
+    Suspended(Suspended),
+}
+
 /// Relays two connected TCP sockets until both sides are done; splices on Linux per
 /// `opts.mode`, copies when the pool lends no pipe (and off Linux).
 ///
-/// `stop` resolving ends the tunnel at once (drain or shutdown): both sockets are closed,
-/// [`CloseReason::Stopped`]. `traffic` moves while the tunnel lives. The returned future is
+/// `stop` resolving ends the tunnel at once (drain or shutdown): with [`Stop::Close`] both
+/// sockets are closed ([`CloseReason::Stopped`]); with [`Stop::Suspend`] the tunnel comes back
+/// as [`Relayed::Suspended`]. `traffic` moves while the tunnel lives. The returned future is
 /// `Send` when `stop` is.
 ///
 /// Not an `async fn`: the sockets and directions are moved straight into the tunnel's future
 /// instead of being held twice (once as this function's locals, once in the future it awaits),
 /// which keeps an idle tunnel's task small (the size is pinned by a test).
-#[allow(clippy::manual_async_fn)] // an `async move` block on purpose (see above)
-pub fn relay<'a>(
+pub fn relay<'a, S>(
     client: TcpStream,
     backend: TcpStream,
     opts: &'a RelayOptions,
     pipes: &'a PipePool,
     traffic: &'a Traffic,
-    stop: impl Future<Output = ()> + 'a,
-) -> impl Future<Output = RelayReport> + 'a {
-    let (mut client, mut backend) = (client, backend);
+    stop: S,
+) -> impl Future<Output = Relayed> + use<'a, S>
+where
+    S: Future + 'a,
+    S::Output: Into<Stop>,
+{
+    resume(Suspended::new(client, backend), opts, pipes, traffic, stop)
+}
+
+/// [`relay`] from where a suspended tunnel stopped: the bytes it had in flight are delivered
+/// first, in order, and its byte counts go on from where they were (`traffic` is the caller's:
+/// start it at [`Held::delivered`] to keep it continuous).
+pub fn resume<'a, S>(
+    tunnel: Suspended,
+    opts: &'a RelayOptions,
+    pipes: &'a PipePool,
+    traffic: &'a Traffic,
+    stop: S,
+) -> impl Future<Output = Relayed> + use<'a, S>
+where
+    S: Future + 'a,
+    S::Output: Into<Stop>,
+{
+    let Suspended {
+        client,
+        backend,
+        client_to_backend,
+        backend_to_client,
+        first_eof,
+    } = tunnel;
     let mode = if cfg!(target_os = "linux") {
         opts.mode
     } else {
         RelayMode::Copy
     };
     let size = opts.buffer_size.max(1);
-    let c2b = Direction::new(Side::Client, mode, size, Some(pipes));
-    let b2c = Direction::new(Side::Backend, mode, size, Some(pipes));
-    tunnel::run(c2b, b2c, opts, traffic, stop, move |dir, cx| {
-        match dir.from() {
-            Side::Client => dir.poll_tcp(cx, &mut client, &mut backend),
-            Side::Backend => dir.poll_tcp(cx, &mut backend, &mut client),
-        }
-    })
+    let c2b = Direction::resumed(Side::Client, mode, size, Some(pipes), client_to_backend);
+    let b2c = Direction::resumed(Side::Backend, mode, size, Some(pipes), backend_to_client);
+    tunnel::run(
+        (c2b, b2c, first_eof),
+        (client, backend),
+        opts,
+        traffic,
+        stop,
+        |dir, cx, client, backend| match dir.from() {
+            Side::Client => dir.poll_tcp(cx, client, backend),
+            Side::Backend => dir.poll_tcp(cx, backend, client),
+        },
+        |ended| match ended {
+            Ended::Closed(report) => Relayed::Closed(report),
+            Ended::Suspended {
+                client,
+                backend,
+                c2b,
+                b2c,
+                first_eof,
+            } => Relayed::Suspended(Suspended {
+                client,
+                backend,
+                client_to_backend: c2b,
+                backend_to_client: b2c,
+                first_eof,
+            }),
+        },
+    )
 }
 
 /// The same as [`relay`] by buffered copy only, for any pair of streams (e.g. a TLS-terminated
 /// client). `opts.mode` is ignored. End of stream is passed on with `poll_shutdown` (for TLS:
-/// `close_notify`, then the TCP write half).
-#[allow(clippy::manual_async_fn)] // an `async move` block on purpose (see above)
+/// `close_notify`, then the TCP write half). Such a tunnel cannot be suspended (a TLS
+/// session's state lives in this process): `stop` closes it.
 pub fn relay_copy<'a, C, B>(
     client: C,
     backend: B,
@@ -303,16 +380,33 @@ where
     C: AsyncRead + AsyncWrite + Unpin + 'a,
     B: AsyncRead + AsyncWrite + Unpin + 'a,
 {
-    let (mut client, mut backend) = (client, backend);
     let size = opts.buffer_size.max(1);
     let c2b = Direction::new(Side::Client, RelayMode::Copy, size, None);
     let b2c = Direction::new(Side::Backend, RelayMode::Copy, size, None);
-    tunnel::run(c2b, b2c, opts, traffic, stop, move |dir, cx| {
-        match dir.from() {
-            Side::Client => dir.poll_copy(cx, &mut client, &mut backend),
-            Side::Backend => dir.poll_copy(cx, &mut backend, &mut client),
-        }
-    })
+    tunnel::run(
+        (c2b, b2c, None),
+        (client, backend),
+        opts,
+        traffic,
+        stop,
+        |dir, cx, client, backend| match dir.from() {
+            Side::Client => dir.poll_copy(cx, client, backend),
+            Side::Backend => dir.poll_copy(cx, backend, client),
+        },
+        |ended| match ended {
+            Ended::Closed(report) => report,
+            // `()` never asks to suspend; were it to, the tunnel closes as stopped.
+            Ended::Suspended { c2b, b2c, .. } => RelayReport {
+                client_to_backend: c2b.delivered(),
+                backend_to_client: b2c.delivered(),
+                spliced_bytes: 0,
+                copied_bytes: c2b.delivered() + b2c.delivered(),
+                closed_by: CloseReason::Stopped,
+                duration: Duration::ZERO,
+                error: None,
+            },
+        },
+    )
 }
 
 /// Process-wide counters: which path ran, how many pipes exist. See [`RelayStats`].

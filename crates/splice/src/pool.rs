@@ -223,11 +223,40 @@ impl PipePool {
     fn discard(&self, pipe: Pipe, grown: bool) {
         drop(pipe);
         STATS.pipes_discarded.fetch_add(1, Relaxed);
+        self.forget(grown);
+    }
+
+    /// A lent pipe leaves the pool for good (closed, or taken by a suspended tunnel).
+    fn forget(&self, grown: bool) {
         if grown {
             self.grown.fetch_sub(1, Relaxed);
         }
         self.held.fetch_sub(1, Relaxed);
         self.lent.fetch_sub(1, Relaxed);
+    }
+
+    /// Lends a pipe that comes from elsewhere (a resumed tunnel's, maybe another process's)
+    /// holding `len` bytes; once drained it joins the pool like any other. It is counted at
+    /// once even past the cap (its bytes must be delivered): the pool then makes no new pipe
+    /// until the count is back under it.
+    pub(crate) fn adopt(&self, pipe: Pipe, len: usize) -> PooledPipe<'_> {
+        let base = if self.pipe_size == 0 {
+            DEFAULT_PIPE_SIZE
+        } else {
+            self.pipe_size
+        };
+        let grown = pipe.capacity() > base;
+        if grown {
+            self.grown.fetch_add(1, Relaxed);
+        }
+        self.held.fetch_add(1, Relaxed);
+        self.lent.fetch_add(1, Relaxed);
+        PooledPipe {
+            pool: self,
+            pipe: Some(pipe),
+            len,
+            grown,
+        }
     }
 
     fn shard(&self, hint: usize) -> MutexGuard<'_, Free> {
@@ -319,6 +348,19 @@ impl PooledPipe<'_> {
                 false
             }
         }
+    }
+}
+
+impl PooledPipe<'_> {
+    /// Takes the pipe and its count out of the pool (for a suspended tunnel); `None` if empty:
+    /// an empty pipe simply goes back.
+    pub(crate) fn detach(mut self) -> Option<(Pipe, usize)> {
+        if self.len == 0 {
+            return None;
+        }
+        let pipe = self.pipe.take()?;
+        self.pool.forget(self.grown);
+        Some((pipe, self.len))
     }
 }
 

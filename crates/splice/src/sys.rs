@@ -18,7 +18,7 @@ pub(crate) use other::Pipe;
 #[cfg(target_os = "linux")]
 mod linux {
     use std::io;
-    use std::os::fd::{AsFd, OwnedFd};
+    use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 
     use rustix::pipe::{PipeFlags, SpliceFlags, fcntl_getpipe_size, fcntl_setpipe_size, pipe_with};
 
@@ -73,6 +73,42 @@ mod linux {
             Ok(self.capacity)
         }
 
+        /// A pipe received from another process (`read` and `write` ends), holding `len` bytes:
+        /// checked to be a pipe holding exactly that many (`FIONREAD`), so a wrong descriptor
+        /// or count is refused here, not found out as lost bytes later.
+        pub(crate) fn adopt(read: OwnedFd, write: OwnedFd, len: usize) -> io::Result<Self> {
+            let capacity = fcntl_getpipe_size(&write)?;
+            if fcntl_getpipe_size(&read)? != capacity {
+                return Err(io::Error::new(
+                    io::ErrorKind::InvalidInput,
+                    "the two descriptors are not one pipe",
+                ));
+            }
+            let held = rustix::io::ioctl_fionread(&read)?;
+            if usize::try_from(held).ok() != Some(len) {
+                return Err(io::Error::new(
+                    io::ErrorKind::InvalidData,
+                    format!("the pipe holds {held} bytes, not {len}"),
+                ));
+            }
+            Ok(Self {
+                read,
+                write,
+                capacity,
+            })
+        }
+
+        /// The read and write ends.
+        pub(crate) fn fds(&self) -> (BorrowedFd<'_>, BorrowedFd<'_>) {
+            (self.read.as_fd(), self.write.as_fd())
+        }
+
+        /// `write(2)` into the pipe: bytes that were in a copy buffer, put where a pipe's
+        /// bytes would be. Returns how many the pipe took (it never blocks).
+        pub(crate) fn write(&self, bytes: &[u8]) -> io::Result<usize> {
+            Ok(rustix::io::write(&self.write, bytes)?)
+        }
+
         /// `splice(src → pipe)`: at most `max` bytes. `Ok(0)` is end of stream on `src`.
         ///
         /// `WouldBlock` means "socket empty" **only if the pipe was empty**; on a pipe holding
@@ -121,6 +157,10 @@ mod other {
         }
 
         pub(crate) fn resize(&mut self, _size: usize) -> io::Result<usize> {
+            match self.never {}
+        }
+
+        pub(crate) fn write(&self, _bytes: &[u8]) -> io::Result<usize> {
             match self.never {}
         }
     }

@@ -6,6 +6,10 @@
 //! checks the half-closed timer (armed once, when the first direction ends) and the idle timer. The timer is lazy: activity only records the time (one clock read per
 //! poll that moved bytes); when the `Sleep` fires early because of that activity, it is pushed
 //! to `last activity + timeout`, never re-armed per chunk.
+//!
+//! `stop` is checked first, before any direction moves: when it asks to suspend, both
+//! directions are between two polls, each with its bytes in flight counted, and are handed
+//! back whole with the streams ([`Ended::Suspended`]).
 
 use std::future::{Future, poll_fn};
 use std::pin::pin;
@@ -17,28 +21,49 @@ use tokio::time::{Instant, sleep};
 use crate::direction::Direction;
 use crate::error::RelayError;
 use crate::stats::STATS;
-use crate::{CloseReason, RelayOptions, RelayReport, Side, Traffic};
+use crate::suspend::Held;
+use crate::{CloseReason, RelayOptions, RelayReport, Side, Stop, Traffic};
+
+/// How a tunnel's run ended.
+pub(crate) enum Ended<C, B> {
+    /// Closed; the streams are gone.
+    Closed(RelayReport),
+    /// Suspended: the streams and each direction's state.
+    Suspended {
+        client: C,
+        backend: B,
+        c2b: Held,
+        b2c: Held,
+        first_eof: Option<Side>,
+    },
+}
 
 /// Runs both directions until the tunnel ends, and reports.
 ///
-/// `poll_dir` polls one direction with the right pair of streams (by [`Direction::from`]).
+/// `poll_dir` polls one direction with the right pair of streams (by [`Direction::from`]);
+/// `finish` turns the end into the caller's output (a closure called at the end, so that no
+/// wrapping future adds a layer to every tunnel's task).
 ///
 /// Not an `async fn`: an async fn moves each argument into a second slot of its future when
 /// first polled (rust-lang/rust#62958), and the directions are most of a tunnel's size; an
 /// `async move` block uses what it captured in place.
 // An `async move` block on purpose (see above), not the `async fn` clippy suggests.
 #[allow(clippy::manual_async_fn)]
-pub(crate) fn run<'p, 'a, S, F>(
-    mut c2b: Direction<'p>,
-    mut b2c: Direction<'p>,
+#[allow(clippy::too_many_arguments)] // one call site per relay kind, each argument distinct
+pub(crate) fn run<'p, 'a, C, B, S, P, F, O>(
+    (mut c2b, mut b2c, mut first_eof): (Direction<'p>, Direction<'p>, Option<Side>),
+    (mut client, mut backend): (C, B),
     opts: &'a RelayOptions,
     traffic: &'a Traffic,
     stop: S,
-    mut poll_dir: F,
-) -> impl Future<Output = RelayReport> + use<'p, 'a, S, F>
+    mut poll_dir: P,
+    finish: F,
+) -> impl Future<Output = O> + use<'p, 'a, C, B, S, P, F, O>
 where
-    S: Future<Output = ()>,
-    F: FnMut(&mut Direction<'p>, &mut Context<'_>) -> Poll<Result<(), RelayError>>,
+    S: Future,
+    S::Output: Into<Stop>,
+    P: FnMut(&mut Direction<'p>, &mut Context<'_>, &mut C, &mut B) -> Poll<Result<(), RelayError>>,
+    F: FnOnce(Ended<C, B>) -> O,
 {
     async move {
         let started = Instant::now();
@@ -48,11 +73,14 @@ where
         // Boxed when armed (rarely, and once): an idle tunnel does not carry a second timer.
         let mut half_closed: Option<std::pin::Pin<Box<tokio::time::Sleep>>> = None;
         let mut last_active = started;
-        let mut first_eof = None;
 
-        let (closed_by, error) = poll_fn(|cx| {
-            if stop.as_mut().poll(cx).is_ready() {
-                return Poll::Ready((CloseReason::Stopped, None));
+        // `None`: suspend.
+        let ended = poll_fn(|cx| {
+            if let Poll::Ready(asked) = stop.as_mut().poll(cx) {
+                return Poll::Ready(match asked.into() {
+                    Stop::Close => Some((CloseReason::Stopped, None)),
+                    Stop::Suspend => None,
+                });
             }
 
             let mut failed = None;
@@ -60,7 +88,7 @@ where
                 if dir.is_done() {
                     continue;
                 }
-                if let Poll::Ready(Err(e)) = poll_dir(dir, cx) {
+                if let Poll::Ready(Err(e)) = poll_dir(dir, cx, &mut client, &mut backend) {
                     failed = Some(e);
                 }
                 if first_eof.is_none() && dir.read_eof() {
@@ -78,14 +106,14 @@ where
                     side: e.side(),
                     kind: e.kind(),
                 };
-                return Poll::Ready((reason, Some(e)));
+                return Poll::Ready(Some((reason, Some(e))));
             }
             if c2b.is_done() && b2c.is_done() {
                 let reason = match first_eof.unwrap_or(Side::Client) {
                     Side::Client => CloseReason::Client,
                     Side::Backend => CloseReason::Backend,
                 };
-                return Poll::Ready((reason, None));
+                return Poll::Ready(Some((reason, None)));
             }
 
             if let Some(limit) = opts.half_closed_timeout {
@@ -94,7 +122,7 @@ where
                 }
                 if let Some(timer) = half_closed.as_mut() {
                     if timer.as_mut().poll(cx).is_ready() {
-                        return Poll::Ready((CloseReason::HalfClosedTimeout, None));
+                        return Poll::Ready(Some((CloseReason::HalfClosedTimeout, None)));
                     }
                 }
             }
@@ -108,7 +136,7 @@ where
                         break; // beyond the end of time: never idle
                     };
                     if deadline <= Instant::now() {
-                        return Poll::Ready((CloseReason::IdleTimeout, None));
+                        return Poll::Ready(Some((CloseReason::IdleTimeout, None)));
                     }
                     timer.as_mut().reset(deadline);
                 }
@@ -117,6 +145,16 @@ where
         })
         .await;
 
+        let Some((closed_by, error)) = ended else {
+            return finish(Ended::Suspended {
+                client,
+                backend,
+                c2b: c2b.suspend(),
+                b2c: b2c.suspend(),
+                first_eof,
+            });
+        };
+        drop((client, backend));
         STATS.tunnels_closed.fetch_add(1, Relaxed);
         let report = RelayReport {
             client_to_backend: c2b.spliced() + c2b.copied(),
@@ -137,6 +175,6 @@ where
             error = report.error.as_ref().map(tracing::field::display),
             "tunnel closed"
         );
-        report
+        finish(Ended::Closed(report))
     }
 }

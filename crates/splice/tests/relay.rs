@@ -9,8 +9,8 @@ use std::sync::atomic::Ordering::Relaxed;
 use std::time::Duration;
 
 use sluice_splice::{
-    CloseReason, PipePool, RelayMode, RelayOptions, RelayReport, Side, Traffic, relay, relay_copy,
-    stats,
+    CloseReason, Held, Pending, PendingPipe, PipePool, RelayMode, RelayOptions, RelayReport,
+    Relayed, Side, Stop, Suspended, Traffic, relay, relay_copy, resume, stats,
 };
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
@@ -58,7 +58,7 @@ impl Tunnel {
                         std::future::pending::<()>().await;
                     }
                 };
-                relay(proxy_client, proxy_backend, &opts, &pool, &traffic, stop).await
+                closed(relay(proxy_client, proxy_backend, &opts, &pool, &traffic, stop).await)
             }
         });
         Self {
@@ -75,6 +75,14 @@ impl Tunnel {
             .await
             .expect("relay did not finish")
             .unwrap()
+    }
+}
+
+/// The report of a tunnel that was never asked to suspend.
+fn closed(relayed: Relayed) -> RelayReport {
+    match relayed {
+        Relayed::Closed(report) => report,
+        Relayed::Suspended(_) => panic!("suspended without being asked"),
     }
 }
 
@@ -813,6 +821,241 @@ fn relay_futures_are_send_and_small() {
             size <= 768,
             "the relay future grew to {size} bytes (pinned at 768)"
         );
-        assert_eq!(fut.await.closed_by, CloseReason::Stopped);
+        assert_eq!(closed(fut.await).closed_by, CloseReason::Stopped);
     });
+}
+
+/// Relays `client` ↔ `backend`, suspending the tunnel every `every` and resuming it from what
+/// came back, until it ends; with `elsewhere`, each suspended tunnel crosses "processes": its
+/// sockets and pipes are taken as new descriptors (what a successor receives) and the
+/// originals closed. Returns the report and, per suspension, the bytes that were in flight.
+async fn relay_suspending(
+    client: TcpStream,
+    backend: TcpStream,
+    opts: RelayOptions,
+    pool: Arc<PipePool>,
+    every: Duration,
+    elsewhere: bool,
+) -> (RelayReport, Vec<usize>) {
+    let traffic = Traffic::default();
+    let mut tunnel = Suspended::new(client, backend);
+    let mut in_flight = Vec::new();
+    loop {
+        let stop = async {
+            tokio::time::sleep(every).await;
+            Stop::Suspend
+        };
+        match resume(tunnel, &opts, &pool, &traffic, stop).await {
+            Relayed::Closed(report) => return (report, in_flight),
+            Relayed::Suspended(s) => {
+                assert!(s.is_portable(), "bytes in flight stayed in memory");
+                in_flight
+                    .push(s.client_to_backend.pending.len() + s.backend_to_client.pending.len());
+                assert_eq!(
+                    s.client_to_backend.delivered(),
+                    traffic.client_to_backend.load(Relaxed)
+                );
+                tunnel = if elsewhere { carried(s) } else { s };
+            }
+        }
+    }
+}
+
+/// A suspended tunnel as another process receives it: every descriptor duplicated (what
+/// `SCM_RIGHTS` does), the originals closed, pipes checked against their counts.
+fn carried(s: Suspended) -> Suspended {
+    use std::os::fd::AsFd;
+    fn socket(stream: &TcpStream) -> TcpStream {
+        let fd = stream.as_fd().try_clone_to_owned().unwrap();
+        TcpStream::from_std(std::net::TcpStream::from(fd)).unwrap()
+    }
+    fn held(h: &Held) -> Held {
+        let pending = match &h.pending {
+            Pending::Empty => Pending::Empty,
+            Pending::Pipe(pipe) => {
+                let (r, w) = pipe.fds();
+                let (r, w) = (
+                    r.try_clone_to_owned().unwrap(),
+                    w.try_clone_to_owned().unwrap(),
+                );
+                Pending::Pipe(PendingPipe::adopt(r, w, pipe.len()).unwrap())
+            }
+            Pending::Bytes(_) => panic!("not portable"),
+        };
+        Held {
+            pending,
+            read_eof: h.read_eof,
+            done: h.done,
+            spliced: h.spliced,
+            copied: h.copied,
+        }
+    }
+    Suspended {
+        client: socket(&s.client),
+        backend: socket(&s.backend),
+        client_to_backend: held(&s.client_to_backend),
+        backend_to_client: held(&s.backend_to_client),
+        first_eof: s.first_eof,
+    }
+}
+
+/// Both ways at once, up to 8 MiB, through a slow reader: suspended every few milliseconds
+/// (in this process, and carried as another process would receive it), every byte arrives in
+/// order, the counts go on, and the tunnel still ends with the right side named.
+#[tokio::test]
+async fn a_suspended_tunnel_resumes_byte_exact() {
+    for elsewhere in [false, true] {
+        for mode in MODES {
+            let (client, proxy_client) = tcp_pair().await;
+            let (proxy_backend, server) = small_server_pair(16 * 1024).await;
+            let pool = pool();
+            let (up, down) = (3 * 1024 * 1024 + 7, 8 * 1024 * 1024 + 1);
+            let relay = tokio::spawn(relay_suspending(
+                proxy_client,
+                proxy_backend,
+                opts(mode),
+                Arc::clone(&pool),
+                Duration::from_millis(2),
+                elsewhere,
+            ));
+            timeout(DEADLINE, exchange(client, server, up, down))
+                .await
+                .expect("exchange stalled");
+            let (report, in_flight) = timeout(DEADLINE, relay).await.unwrap().unwrap();
+            assert_eq!(
+                (report.client_to_backend, report.backend_to_client),
+                (up as u64, down as u64),
+                "{mode:?}"
+            );
+            assert!(
+                matches!(report.closed_by, CloseReason::Client | CloseReason::Backend),
+                "{mode:?}: {:?}",
+                report.closed_by
+            );
+            assert!(!in_flight.is_empty(), "{mode:?}: never suspended");
+            assert_eq!(pool.in_use(), 0, "{mode:?}: a pipe still lent");
+        }
+    }
+}
+
+/// A backend streams to a client that reads nothing: the relay fills the client's socket and
+/// then its pipe. Suspended there, the pipe's bytes travel with the tunnel (as descriptors)
+/// and reach the client, byte-exact, once it reads.
+#[tokio::test]
+async fn bytes_sitting_in_a_pipe_survive_suspension() {
+    let (mut client, proxy_client) = tcp_pair().await;
+    let (proxy_backend, mut server) = tcp_pair().await;
+    let pool = pool();
+    let opts = opts(RelayMode::Splice);
+    let traffic = Traffic::default();
+    let (suspend, suspended) = oneshot::channel::<()>();
+    let stop = async {
+        let _ = suspended.await;
+        Stop::Suspend
+    };
+    let len = 16 * 1024 * 1024;
+    let writer = tokio::spawn(async move {
+        let sum = send(&mut server, len, 42).await;
+        (server, sum)
+    });
+    let run = relay(proxy_client, proxy_backend, &opts, &pool, &traffic, stop);
+    let mut run = std::pin::pin!(run);
+    // Relay until the backend → client direction stops moving: the client's queue is full.
+    let mut last = u64::MAX;
+    let deadline = Instant::now() + DEADLINE;
+    loop {
+        tokio::select! {
+            _ = run.as_mut() => panic!("the tunnel ended"),
+            () = tokio::time::sleep(Duration::from_millis(50)) => {}
+        }
+        let now = traffic.backend_to_client.load(Relaxed);
+        if now == last && now > 0 {
+            break;
+        }
+        last = now;
+        assert!(Instant::now() < deadline, "the relay never stalled");
+    }
+    suspend.send(()).unwrap();
+    let Relayed::Suspended(s) = run.await else {
+        panic!("not suspended")
+    };
+    let pending = s.backend_to_client.pending.len();
+    assert!(pending > 0, "nothing was left in the pipe");
+    assert!(matches!(s.backend_to_client.pending, Pending::Pipe(_)));
+    let s = carried(s);
+    let (opts, pool) = (opts.clone(), Arc::clone(&pool));
+    let resumed = tokio::spawn(async move {
+        let traffic = Traffic::default();
+        closed(resume(s, &opts, &pool, &traffic, std::future::pending::<Stop>()).await)
+    });
+    client.shutdown().await.unwrap();
+    let (got, sum) = timeout(DEADLINE, receive(&mut client)).await.unwrap();
+    let (_server, sent) = writer.await.unwrap();
+    assert_eq!((got, sum), (len, sent));
+    let report = timeout(DEADLINE, resumed).await.unwrap().unwrap();
+    assert_eq!(
+        report.backend_to_client, len as u64,
+        "counts go on across the suspension"
+    );
+}
+
+/// A direction that had ended (its end of stream passed on) stays ended once resumed: the
+/// other one goes on, and the tunnel ends when it does.
+#[tokio::test]
+async fn a_half_closed_tunnel_resumes_half_closed() {
+    let (mut client, proxy_client) = tcp_pair().await;
+    let (proxy_backend, mut server) = tcp_pair().await;
+    let (pool, opts, traffic) = (pool(), opts(RelayMode::Auto), Traffic::default());
+    let (suspend, suspended) = oneshot::channel::<()>();
+    let stop = async {
+        let _ = suspended.await;
+        Stop::Suspend
+    };
+    let run = tokio::spawn({
+        let (pool, opts) = (Arc::clone(&pool), opts.clone());
+        async move {
+            let traffic = Traffic::default();
+            relay(proxy_client, proxy_backend, &opts, &pool, &traffic, stop).await
+        }
+    });
+    client.write_all(b"last words").await.unwrap();
+    client.shutdown().await.unwrap();
+    let mut got = Vec::new();
+    timeout(DEADLINE, server.read_to_end(&mut got))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(got, b"last words");
+    suspend.send(()).unwrap();
+    let Relayed::Suspended(s) = timeout(DEADLINE, run).await.unwrap().unwrap() else {
+        panic!("not suspended")
+    };
+    assert!(s.client_to_backend.done && s.client_to_backend.read_eof);
+    assert_eq!(s.first_eof, Some(Side::Client));
+    let resumed = tokio::spawn(async move {
+        closed(
+            resume(
+                carried(s),
+                &opts,
+                &pool,
+                &traffic,
+                std::future::pending::<Stop>(),
+            )
+            .await,
+        )
+    });
+    server.write_all(b"reply").await.unwrap();
+    server.shutdown().await.unwrap();
+    let mut reply = Vec::new();
+    timeout(DEADLINE, client.read_to_end(&mut reply))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(reply, b"reply");
+    let report = timeout(DEADLINE, resumed).await.unwrap().unwrap();
+    assert_eq!(report.closed_by, CloseReason::Client);
+    assert_eq!(
+        (report.client_to_backend, report.backend_to_client),
+        (10, 5)
+    );
 }

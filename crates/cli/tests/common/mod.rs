@@ -11,8 +11,12 @@ use std::io::BufRead;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, ChildStderr, Command, Stdio};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
+
+use futures_util::{SinkExt, StreamExt};
+use sluice_testkit::{Message, ws_connect};
 
 pub const SLUICE: &str = env!("CARGO_BIN_EXE_sluice");
 
@@ -257,4 +261,97 @@ fn collect_lines(
             into.lock().unwrap().push(line);
         }
     })
+}
+
+/// Clients opening a WebSocket, echoing once and closing, one after another, until stopped.
+pub struct Clients {
+    stop: Arc<AtomicBool>,
+    ok: Arc<AtomicU64>,
+    task: tokio::task::JoinHandle<Vec<String>>,
+}
+
+impl Clients {
+    pub fn start(addr: SocketAddr) -> Self {
+        let stop = Arc::new(AtomicBool::new(false));
+        let ok = Arc::new(AtomicU64::new(0));
+        let task = tokio::spawn({
+            let (stop, ok) = (Arc::clone(&stop), Arc::clone(&ok));
+            async move {
+                let mut failures = Vec::new();
+                let deadline = tokio::time::Instant::now() + Duration::from_secs(120);
+                while !stop.load(Ordering::Relaxed) && tokio::time::Instant::now() < deadline {
+                    let attempt = async {
+                        let (mut ws, _) = ws_connect(addr, "/", &[])
+                            .await
+                            .map_err(|e| e.to_string())?;
+                        ws.send(Message::text("hi"))
+                            .await
+                            .map_err(|e| e.to_string())?;
+                        match ws.next().await {
+                            Some(Ok(m)) if m == Message::text("hi") => {}
+                            other => return Err(format!("echo: {other:?}")),
+                        }
+                        ws.close(None).await.map_err(|e| e.to_string())?;
+                        Ok::<(), String>(())
+                    };
+                    match tokio::time::timeout(Duration::from_secs(10), attempt).await {
+                        Ok(Ok(())) => {
+                            ok.fetch_add(1, Ordering::Relaxed);
+                        }
+                        Ok(Err(e)) => failures.push(e),
+                        Err(_) => failures.push("timed out".into()),
+                    }
+                }
+                failures
+            }
+        });
+        Self { stop, ok, task }
+    }
+
+    /// Waits until `more` further clients succeeded.
+    pub async fn wait_more(&self, more: u64) {
+        let target = self.ok.load(Ordering::Relaxed) + more;
+        sluice_testkit::wait_until(Duration::from_secs(30), || {
+            self.ok.load(Ordering::Relaxed) >= target
+        })
+        .await;
+    }
+
+    pub async fn finish(self) -> (u64, Vec<String>) {
+        self.stop.store(true, Ordering::Relaxed);
+        let failures = self.task.await.unwrap();
+        (self.ok.load(Ordering::Relaxed), failures)
+    }
+}
+
+impl Sluice {
+    /// The address of the admin listener, as the process logged it.
+    pub async fn admin_addr(&self) -> SocketAddr {
+        let line = self
+            .wait_log(&["\"message\":\"admin listener\""], Duration::from_secs(20))
+            .await;
+        json_field(&line, "addr")
+            .and_then(|a| a.parse().ok())
+            .unwrap_or_else(|| panic!("no admin address in {line}"))
+    }
+}
+
+/// The sum of every series of the metric `name` (a name, or a name and labels as the
+/// exposition writes them) on the admin listener at `admin`.
+pub async fn metric(admin: SocketAddr, name: &str) -> f64 {
+    let response = sluice_testkit::raw_exchange(
+        admin,
+        b"GET /metrics HTTP/1.1\r\nHost: admin\r\nConnection: close\r\n\r\n",
+        Duration::from_secs(20),
+    )
+    .await
+    .expect("admin listener");
+    let text = String::from_utf8_lossy(response.body()).into_owned();
+    text.lines()
+        .filter(|l| {
+            l.strip_prefix(name)
+                .is_some_and(|rest| rest.starts_with('{') || rest.starts_with(' '))
+        })
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
 }
