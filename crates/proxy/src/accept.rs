@@ -290,7 +290,7 @@ fn admit(
 /// the socket at once. tokio assumes a freshly accepted socket readable, but a client's first
 /// bytes (request head, ClientHello, PROXY header) usually arrive a moment after the connection
 /// is accepted: the optimistic read then fails with EAGAIN (measured: 85 % of first reads on
-/// the handshake benchmark), a wasted `recvfrom`. nginx and HAProxy wait for the event too.
+/// the handshake benchmark), a wasted `recvfrom`. nginx waits for the event too.
 /// No event is lost: epoll reports bytes that arrived before the socket was registered. It must
 /// run before the reactor's next turn after the accept, when no event of the socket can have
 /// been delivered yet: clearing a readiness epoll did report would lose that edge (edge
