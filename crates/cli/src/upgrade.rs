@@ -144,6 +144,7 @@ async fn inherit_tunnels(server: &Server, inheritance: Inheritance) -> Option<In
                 adopted += adoption.len();
                 server.start_adopted(adoption);
             }
+            Ok(Inherited::Counters(series)) => server.carry_counters(series),
             Ok(Inherited::Done { kept }) => {
                 info!(
                     predecessor,

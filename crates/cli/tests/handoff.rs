@@ -170,10 +170,18 @@ async fn two_thousand_tunnels_keep_talking_through_three_upgrades() {
     // And new clients all along: none may fail its handshake.
     let clients = common::Clients::start(current.addr);
 
+    let admin = current.admin_addr().await;
     for upgrade in 1..=3 {
         let before: Vec<u64> = talkers.iter().map(Talker::sent).collect();
+        let accepted = common::metric(admin, "sluice_connections_accepted_total").await;
         let next = start(&path, "--upgrade-from", &socket).await;
         let took = next.wait_log(&["took over", "adopted"], SOON).await;
+        // Counters go on in the successor (same admin address: its socket crossed too).
+        let carried = common::metric(admin, "sluice_connections_accepted_total").await;
+        assert!(
+            carried >= accepted && accepted >= TUNNELS as f64,
+            "upgrade {upgrade}: accepted {accepted} before, {carried} after"
+        );
         let (status, log) = current.exit(SOON).await;
         assert_eq!(
             status.code(),
@@ -193,9 +201,7 @@ async fn two_thousand_tunnels_keep_talking_through_three_upgrades() {
         current = next;
     }
 
-    // The last process counts every tunnel as its own: gauges and the backends' live counts
-    // (least_conn spread them evenly at the start, and they are still even).
-    let admin = current.admin_addr().await;
+    // The last process counts every tunnel as its own.
     let active = common::metric(admin, "sluice_tunnels_active").await;
     assert!(active >= TUNNELS as f64, "sluice_tunnels_active = {active}");
     let adopted = common::metric(admin, "sluice_handoff_tunnels_total").await;

@@ -4,7 +4,9 @@ use std::os::fd::{BorrowedFd, OwnedFd};
 use std::path::Path;
 use std::time::Duration;
 
-use crate::{Channel, HandoffError, ListenerMeta, Message, Received, Refusal, TunnelMeta};
+use crate::{
+    Channel, CounterSeries, HandoffError, ListenerMeta, Message, Received, Refusal, TunnelMeta,
+};
 
 /// How long a successor waits for each message of the tunnel phase.
 const TUNNEL_PHASE_STEP: Duration = Duration::from_secs(60);
@@ -67,6 +69,7 @@ impl Inheritance {
                     .collect();
                 Ok(Inherited::Tunnels(batch))
             }
+            Message::Counters { series } => Ok(Inherited::Counters(series)),
             Message::Done { kept } => Ok(Inherited::Done { kept }),
             Message::Refused { reason } => Err(HandoffError::Refused(reason)),
             other => Err(HandoffError::Unexpected {
@@ -91,6 +94,8 @@ impl Inheritance {
 pub enum Inherited {
     /// A batch of tunnels, each with its descriptors in [`TunnelMeta::fds`] order.
     Tunnels(Vec<(TunnelMeta, Vec<OwnedFd>)>),
+    /// Some of the predecessor's counters, to go on from.
+    Counters(Vec<CounterSeries>),
     /// The predecessor is done handing over; it keeps `kept` connections until they end.
     Done {
         /// Connections the predecessor keeps.
@@ -147,6 +152,36 @@ impl Handover {
     /// copies of their descriptors only once this succeeded; on an error, resume them.
     pub fn release(&self) -> Result<(), HandoffError> {
         self.channel.send(&Message::Released {}, &[])
+    }
+
+    /// Predecessor side: sends this process's counters for the successor to go on from, in as
+    /// many messages as they need.
+    pub fn send_counters(&self, series: Vec<CounterSeries>) -> Result<(), HandoffError> {
+        let mut chunk = Vec::new();
+        let mut size = 0;
+        for one in series {
+            // A generous estimate of the series' JSON: names, quotes, brackets, the value.
+            let estimate = 64
+                + one.name.len()
+                + one
+                    .labels
+                    .iter()
+                    .map(|(k, v)| 8 + k.len() + 2 * v.len())
+                    .sum::<usize>();
+            if !chunk.is_empty() && size + estimate > crate::MAX_MESSAGE / 2 {
+                let full = std::mem::take(&mut chunk);
+                self.channel
+                    .send(&Message::Counters { series: full }, &[])?;
+                size = 0;
+            }
+            size += estimate;
+            chunk.push(one);
+        }
+        if !chunk.is_empty() {
+            self.channel
+                .send(&Message::Counters { series: chunk }, &[])?;
+        }
+        Ok(())
     }
 
     /// Predecessor side, last word: this process stopped accepting and handed over what it

@@ -21,6 +21,7 @@
 //!                  ◀─────────────────────────── Released (closes its copies)         ┘
 //!   relay the batch                              … stop accepting, hand over the tunnels
 //!                                                  whose handshake finishes meanwhile …
+//!                  ◀─────────────────────────── Counters{series} (one or more): go on from these
 //!                  ◀─────────────────────────── Done{kept}: what the predecessor still serves
 //! ```
 //!
@@ -64,7 +65,9 @@ mod message;
 pub use crate::channel::{Channel, Received};
 pub use crate::endpoint::Endpoint;
 pub use crate::flow::{Handover, Inheritance, Inherited, batches, hand_over, refuse, take_over};
-pub use crate::message::{DirectionMeta, ListenerMeta, Message, Peer, Refusal, TunnelMeta};
+pub use crate::message::{
+    CounterSeries, DirectionMeta, ListenerMeta, Message, Peer, Refusal, TunnelMeta,
+};
 
 /// The version of the conversation this build speaks; a peer speaking another is refused.
 /// 1: listening sockets only. 2: established tunnels too.

@@ -49,6 +49,12 @@ pub enum Message {
     },
     /// The predecessor let go of the adopted tunnels: the successor relays them from now on.
     Released {},
+    /// Counters of the predecessor, for the successor to go on from (several messages when
+    /// there are many series).
+    Counters {
+        /// Each series with its value.
+        series: Vec<CounterSeries>,
+    },
     /// The predecessor stopped accepting and handed over what it could; it still serves
     /// `kept` connections until they end.
     Done {
@@ -69,6 +75,7 @@ impl Message {
             Self::Tunnels { .. } => "tunnels",
             Self::Adopted { .. } => "adopted",
             Self::Released {} => "released",
+            Self::Counters { .. } => "counters",
             Self::Done { .. } => "done",
         }
     }
@@ -154,6 +161,18 @@ pub enum Peer {
     Backend,
 }
 
+/// One counter series of the predecessor.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CounterSeries {
+    /// The metric's name.
+    pub name: String,
+    /// Its labels.
+    pub labels: Vec<(String, String)>,
+    /// Its value.
+    pub value: u64,
+}
+
 /// A tunnel of a batch the successor could not take.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -219,6 +238,17 @@ mod tests {
                 0,
             ),
             (Message::Released {}, "released", 0),
+            (
+                Message::Counters {
+                    series: vec![CounterSeries {
+                        name: "sluice_connections_accepted_total".into(),
+                        labels: vec![("listener".into(), "ws".into())],
+                        value: 12,
+                    }],
+                },
+                "counters",
+                0,
+            ),
             (Message::Done { kept: 7 }, "done", 0),
         ];
         for (message, kind, fds) in cases {

@@ -10,8 +10,8 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use sluice_handoff::{
-    Channel, DirectionMeta, Endpoint, HandoffError, Inherited, ListenerMeta, Message, Refusal,
-    TunnelMeta, hand_over, refuse, take_over,
+    Channel, CounterSeries, DirectionMeta, Endpoint, HandoffError, Inherited, ListenerMeta,
+    Message, Refusal, TunnelMeta, hand_over, refuse, take_over,
 };
 
 const TIMEOUT: Duration = Duration::from_secs(10);
@@ -157,9 +157,22 @@ async fn ready_tunnels_and_done_complete_the_handover() {
                 reason: "not this one".into(),
             }])
             .unwrap();
-        let Inherited::Done { kept } = inheritance.next().unwrap() else {
-            panic!("no done")
+        // Counters come in as many messages as they need, then Done.
+        let mut counters = Vec::new();
+        let kept = loop {
+            match inheritance.next().unwrap() {
+                Inherited::Counters(series) => counters.extend(series),
+                Inherited::Done { kept } => break kept,
+                Inherited::Tunnels(_) => panic!("tunnels after the batch"),
+            }
         };
+        assert_eq!(counters.len(), 2_000);
+        assert!(
+            counters
+                .iter()
+                .enumerate()
+                .all(|(i, c)| c.value == i as u64)
+        );
         let endpoint = inheritance.endpoint.try_clone().unwrap();
         let mut adopted = batch.into_iter().next().unwrap();
         (kept, endpoint, adopted.0, adopted.1.remove(0))
@@ -177,6 +190,18 @@ async fn ready_tunnels_and_done_complete_the_handover() {
         let borrowed: Vec<_> = fds.iter().map(AsFd::as_fd).collect();
         let refused = handover.send_tunnels(sent, &borrowed).unwrap();
         handover.release().unwrap();
+        let series = (0..2_000u64)
+            .map(|i| CounterSeries {
+                name: "sluice_tunnel_bytes_total".into(),
+                labels: vec![
+                    ("pool".into(), format!("pool-{i}")),
+                    ("backend".into(), "10.0.0.1:9000".into()),
+                    ("direction".into(), "client_to_backend".into()),
+                ],
+                value: i,
+            })
+            .collect();
+        handover.send_counters(series).unwrap();
         handover.done(3).unwrap();
         refused
     })

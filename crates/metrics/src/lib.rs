@@ -16,7 +16,10 @@ pub use metrics::{Counter, Gauge, Histogram};
 use metrics::{Unit, counter, gauge, histogram};
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 
+mod carry;
 pub mod process;
+
+pub use carry::{CounterSample, carry};
 
 /// What kind of series a metric is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -466,9 +469,12 @@ pub mod global {
         pipes_in_use: usize,
         pipes_idle: usize,
     ) {
-        counter!(names::RELAY_BYTES, "mode" => "splice").absolute(spliced);
-        counter!(names::RELAY_BYTES, "mode" => "copy").absolute(copied);
-        counter!(names::RELAY_COPY_FALLBACKS).absolute(fallbacks);
+        // Plus what a predecessor counted, carried across a binary upgrade.
+        let base =
+            |i: usize| crate::carry::RELAY_BASE[i].load(std::sync::atomic::Ordering::Relaxed);
+        counter!(names::RELAY_BYTES, "mode" => "splice").absolute(spliced + base(0));
+        counter!(names::RELAY_BYTES, "mode" => "copy").absolute(copied + base(1));
+        counter!(names::RELAY_COPY_FALLBACKS).absolute(fallbacks + base(2));
         gauge!(names::PIPES, "state" => "in_use").set(pipes_in_use as f64);
         gauge!(names::PIPES, "state" => "idle").set(pipes_idle as f64);
     }

@@ -207,6 +207,44 @@ fn recorded_figures_render_as_a_valid_exposition() {
         text.contains("# HELP sluice_tunnel_bytes_total Bytes relayed by tunnels"),
         "{text}"
     );
+
+    // Carried across a binary upgrade: counters add up, the relay's totals too (set from the
+    // relay's own figures, they keep the carried part), gauges and unknown names are left.
+    let before = exporter.counters();
+    let accepted = |samples: &[CounterSample]| {
+        samples
+            .iter()
+            .find(|c| c.name == "sluice_connections_accepted_total")
+            .map(|c| c.value)
+    };
+    assert_eq!(accepted(&before), Some(3));
+    let sample = |name: &str, labels: &[(&str, &str)], value| CounterSample {
+        name: name.to_owned(),
+        labels: labels
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .collect(),
+        value,
+    };
+    carry(&[
+        sample(
+            "sluice_connections_accepted_total",
+            &[("listener", "public")],
+            40,
+        ),
+        sample("sluice_relay_bytes_total", &[("mode", "splice")], 1000),
+        sample("sluice_connections_active", &[("listener", "public")], 7),
+        sample("sluice_gone_total", &[], 7),
+    ]);
+    global::relay(10, 20, 1, 3, 4);
+    let after = exporter.counters();
+    assert_eq!(accepted(&after), Some(43));
+    let splice = after
+        .iter()
+        .find(|c| c.name == "sluice_relay_bytes_total" && c.labels[0].1 == "splice")
+        .map(|c| c.value);
+    assert_eq!(splice, Some(1010));
+    assert!(!exporter.render().contains("sluice_gone_total"));
 }
 
 #[test]

@@ -14,7 +14,7 @@ use std::os::fd::{AsFd, OwnedFd};
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use sluice_handoff::{Endpoint, HandoffError, ListenerMeta};
+use sluice_handoff::{CounterSeries, Endpoint, HandoffError, ListenerMeta};
 use tokio::net::TcpListener;
 use tracing::{info, warn};
 
@@ -161,7 +161,23 @@ impl Server {
             };
             drop(control);
             let kept = self.stats().connections_active();
-            if let Err(error) = tokio::task::spawn_blocking(move || handover.done(kept))
+            // The counters as they stand, for the successor to go on from.
+            self.publish_metrics();
+            let counters = sluice_metrics::Exporter::get()
+                .map(|e| e.counters())
+                .unwrap_or_default()
+                .into_iter()
+                .map(|c| CounterSeries {
+                    name: c.name,
+                    labels: c.labels,
+                    value: c.value,
+                })
+                .collect();
+            let last_words = move || {
+                handover.send_counters(counters)?;
+                handover.done(kept)
+            };
+            if let Err(error) = tokio::task::spawn_blocking(last_words)
                 .await
                 .unwrap_or(Err(HandoffError::Closed))
             {
@@ -174,6 +190,20 @@ impl Server {
             );
             return;
         }
+    }
+
+    /// Adds a predecessor's counters to this process's, so that they go on across a binary
+    /// upgrade instead of starting over.
+    pub fn carry_counters(&self, series: Vec<CounterSeries>) {
+        let samples: Vec<sluice_metrics::CounterSample> = series
+            .into_iter()
+            .map(|s| sluice_metrics::CounterSample {
+                name: s.name,
+                labels: s.labels,
+                value: s.value,
+            })
+            .collect();
+        sluice_metrics::carry(&samples);
     }
 
     /// A copy of the admin listener's socket, while it serves.
