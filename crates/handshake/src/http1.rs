@@ -44,7 +44,7 @@ impl Request {
     /// Whether the client closes after this request: `Connection: close`, or HTTP/1.0 (sluice
     /// does not keep HTTP/1.0 connections alive).
     pub fn wants_close(&self) -> bool {
-        self.version() == 0 || has_token(self.headers(), "connection", "close")
+        self.version() == 0 || has_token(self.raw_headers(), "connection", "close")
     }
 
     /// Whether the client waits for `100 Continue` before sending its body (RFC 9110 §10.1.1;
@@ -74,14 +74,12 @@ pub fn write_plain_request(req: &Request, client: &ClientInfo, framing: &[u8], o
         .header_values("connection")
         .flat_map(list_elements)
         .collect();
-    let skip = |name: &str| {
+    let skip = |name: &[u8]| {
         is_hop_by_hop(name)
-            || name.eq_ignore_ascii_case("content-length")
-            || name.eq_ignore_ascii_case("transfer-encoding")
-            || (!name.eq_ignore_ascii_case("host")
-                && named
-                    .iter()
-                    .any(|n| n.eq_ignore_ascii_case(name.as_bytes())))
+            || name.eq_ignore_ascii_case(b"content-length")
+            || name.eq_ignore_ascii_case(b"transfer-encoding")
+            || (!name.eq_ignore_ascii_case(b"host")
+                && named.iter().any(|n| n.eq_ignore_ascii_case(name)))
     };
     write_head(req, client, skip, framing, out);
 }
@@ -151,10 +149,9 @@ pub fn write_plain_response(
     out.extend_from_slice(status_line.get(space..).unwrap_or_default());
     out.extend_from_slice(b"\r\n");
     for (name, line) in &fields {
-        let name_str = std::str::from_utf8(name).unwrap_or_default();
         let framing_field = name.eq_ignore_ascii_case(b"content-length")
             || name.eq_ignore_ascii_case(b"transfer-encoding");
-        if is_hop_by_hop(name_str)
+        if is_hop_by_hop(name)
             || (regenerate && framing_field)
             || (!framing_field && named.iter().any(|n| n.eq_ignore_ascii_case(name)))
         {
@@ -177,12 +174,12 @@ pub fn write_plain_response(
 
 /// The fields that describe one connection and never cross a proxy (RFC 9110 §7.6.1), but for
 /// the framing fields, which the callers treat on their own.
-fn is_hop_by_hop(name: &str) -> bool {
-    const FIELDS: [&str; 5] = ["connection", "keep-alive", "te", "trailer", "upgrade"];
+fn is_hop_by_hop(name: &[u8]) -> bool {
+    const FIELDS: [&[u8]; 5] = [b"connection", b"keep-alive", b"te", b"trailer", b"upgrade"];
     FIELDS.iter().any(|f| f.eq_ignore_ascii_case(name))
         || name
             .get(..6)
-            .is_some_and(|prefix| prefix.eq_ignore_ascii_case("proxy-"))
+            .is_some_and(|prefix| prefix.eq_ignore_ascii_case(b"proxy-"))
 }
 
 #[cfg(test)]

@@ -163,12 +163,16 @@ impl HeadScanner {
     /// Looks at the bytes of `buf` not seen by earlier calls (`buf` must be the same buffer,
     /// grown only at its end).
     pub(crate) fn scan(&mut self, buf: &[u8]) -> Scan {
-        let Some(new) = buf.get(self.pos..) else {
+        let Some(mut new) = buf.get(self.pos..) else {
             return Scan::Partial;
         };
-        for &byte in new {
-            self.pos += 1;
+        loop {
             if self.after_cr {
+                let Some((&byte, rest)) = new.split_first() else {
+                    return Scan::Partial;
+                };
+                self.pos += 1;
+                new = rest;
                 if byte != b'\n' {
                     return Scan::Invalid("bare CR in head");
                 }
@@ -179,14 +183,24 @@ impl HeadScanner {
                 self.line_has_content = false;
                 continue;
             }
-            match byte {
-                b'\r' => self.after_cr = true,
-                b'\n' => return Scan::Invalid("bare LF in head"),
-                0 => return Scan::Invalid("NUL in head"),
-                _ => self.line_has_content = true,
+            // Every other byte is line content: skip to the next CR, LF or NUL at once
+            // (memchr looks at many bytes per instruction; a head is mostly content).
+            let Some(at) = memchr::memchr3(b'\r', b'\n', 0, new) else {
+                self.line_has_content |= !new.is_empty();
+                self.pos += new.len();
+                return Scan::Partial;
+            };
+            self.line_has_content |= at > 0;
+            self.pos += at + 1;
+            match new.get(at..).and_then(<[u8]>::split_first) {
+                Some((b'\r', rest)) => {
+                    self.after_cr = true;
+                    new = rest;
+                }
+                Some((b'\n', _)) => return Scan::Invalid("bare LF in head"),
+                _ => return Scan::Invalid("NUL in head"),
             }
         }
-        Scan::Partial
     }
 }
 
@@ -234,6 +248,58 @@ mod tests {
         ];
         for (head, reason) in cases {
             assert_eq!(HeadScanner::default().scan(head), Scan::Invalid(reason));
+        }
+    }
+
+    /// The byte-at-a-time scanner the memchr one replaced: the reference it must agree with.
+    fn reference_scan(bytes: &[u8]) -> Scan {
+        let (mut after_cr, mut line_has_content) = (false, false);
+        for (i, &byte) in bytes.iter().enumerate() {
+            if after_cr {
+                if byte != b'\n' {
+                    return Scan::Invalid("bare CR in head");
+                }
+                after_cr = false;
+                if !line_has_content {
+                    return Scan::Complete(i + 1);
+                }
+                line_has_content = false;
+                continue;
+            }
+            match byte {
+                b'\r' => after_cr = true,
+                b'\n' => return Scan::Invalid("bare LF in head"),
+                0 => return Scan::Invalid("NUL in head"),
+                _ => line_has_content = true,
+            }
+        }
+        Scan::Partial
+    }
+
+    proptest::proptest! {
+        /// Whatever the bytes and however they are split across reads, the scanner finds what
+        /// the byte-at-a-time reference finds.
+        #[test]
+        fn scanner_agrees_with_the_byte_at_a_time_reference(
+            bytes in proptest::collection::vec(
+                proptest::sample::select(vec![b'a', b' ', b'\t', b'\r', b'\n', 0u8, 0xff]),
+                0..64,
+            ),
+            cuts in proptest::collection::vec(0usize..64, 0..6),
+        ) {
+            let expected = reference_scan(&bytes);
+            let mut cuts: Vec<usize> = cuts.into_iter().filter(|&c| c <= bytes.len()).collect();
+            cuts.sort_unstable();
+            cuts.push(bytes.len());
+            let mut scanner = HeadScanner::default();
+            let mut found = Scan::Partial;
+            for cut in cuts {
+                found = scanner.scan(&bytes[..cut]);
+                if found != Scan::Partial {
+                    break;
+                }
+            }
+            proptest::prop_assert_eq!(found, expected);
         }
     }
 

@@ -66,15 +66,15 @@ impl Request {
     /// The value of the first field named `name` (case-insensitive), without surrounding
     /// whitespace.
     pub fn header(&self, name: &str) -> Option<&[u8]> {
-        self.headers()
-            .find(|(n, _)| n.eq_ignore_ascii_case(name))
+        self.raw_headers()
+            .find(|(n, _)| n.eq_ignore_ascii_case(name.as_bytes()))
             .map(|(_, v)| v)
     }
 
     /// The values of every field named `name` (case-insensitive), in order.
     pub fn header_values<'a>(&'a self, name: &'a str) -> impl Iterator<Item = &'a [u8]> + 'a {
-        self.headers()
-            .filter(move |(n, _)| n.eq_ignore_ascii_case(name))
+        self.raw_headers()
+            .filter(move |(n, _)| n.eq_ignore_ascii_case(name.as_bytes()))
             .map(|(_, v)| v)
     }
 
@@ -83,6 +83,14 @@ impl Request {
         self.fields
             .iter()
             .map(|f| (self.str_at(f.name), f.value.of(&self.head)))
+    }
+
+    /// Every field as (name, value without surrounding whitespace), in order, the name as bytes:
+    /// what the lookups use (no UTF-8 check per name; names are tokens, checked at parse).
+    pub(crate) fn raw_headers(&self) -> impl Iterator<Item = (&[u8], &[u8])> + Clone {
+        self.fields
+            .iter()
+            .map(|f| (f.name.of(&self.head), f.value.of(&self.head)))
     }
 
     /// The minor version: 0 for HTTP/1.0, 1 for HTTP/1.1.
@@ -112,10 +120,10 @@ impl Request {
     }
 
     /// Each field as (name, value, whole line with its CRLF), for the rewrite.
-    pub(crate) fn field_lines(&self) -> impl Iterator<Item = (&str, &[u8], &[u8])> {
+    pub(crate) fn field_lines(&self) -> impl Iterator<Item = (&[u8], &[u8], &[u8])> {
         self.fields.iter().map(|f| {
             (
-                self.str_at(f.name),
+                f.name.of(&self.head),
                 f.value.of(&self.head),
                 f.line.of(&self.head),
             )
@@ -172,17 +180,13 @@ pub fn parse_request(head: Bytes, max_headers: usize) -> Result<Request, Handsha
     if bytes.first() == Some(&b'\r') {
         return Err(malformed("empty line before the request line"));
     }
-    let field_count = bytes
-        .iter()
-        .filter(|&&b| b == b'\n')
-        .count()
-        .saturating_sub(2);
+    let field_count = memchr::memchr_iter(b'\n', bytes).count().saturating_sub(2);
     if field_count > max_headers {
         return Err(HandshakeError::TooManyHeaders { limit: max_headers });
     }
 
     let mut lines = lines(bytes);
-    let request_line = lines.next().ok_or(malformed("incomplete head"))?;
+    let request_line = lines.next().ok_or_else(|| malformed("incomplete head"))?;
     let mut fields = Vec::with_capacity(field_count);
     for line in lines {
         if line.content.is_empty() {
@@ -265,7 +269,7 @@ fn lines(bytes: &[u8]) -> impl Iterator<Item = Line> + '_ {
     let mut pos = 0;
     std::iter::from_fn(move || {
         let rest = bytes.get(pos..)?;
-        let lf = rest.iter().position(|&b| b == b'\n')?;
+        let lf = memchr::memchr(b'\n', rest)?;
         let start = pos;
         let end = start + lf + 1;
         pos = end;
@@ -284,10 +288,8 @@ fn parse_field(bytes: &[u8], line: Line) -> Result<Field, HandshakeError> {
     if matches!(content.first(), Some(b' ' | b'\t')) {
         return Err(malformed("obs-fold (line folding) in a header field"));
     }
-    let colon = content
-        .iter()
-        .position(|&b| b == b':')
-        .ok_or(malformed("header line without a colon"))?;
+    let colon =
+        memchr::memchr(b':', content).ok_or_else(|| malformed("header line without a colon"))?;
     let (name, rest) = content.split_at(colon);
     let raw_value = rest.get(1..).unwrap_or_default();
     if name.is_empty() {
@@ -480,7 +482,7 @@ impl Request {
             return Err(malformed("missing Host"));
         };
         let value = field.value.of(bytes);
-        let host_len = host_len(value).ok_or(malformed("invalid Host"))?;
+        let host_len = host_len(value).ok_or_else(|| malformed("invalid Host"))?;
         if authority.is_some_and(|a| !a.of(bytes).eq_ignore_ascii_case(value)) {
             return Err(malformed(
                 "Host differs from the request target's authority",
@@ -502,8 +504,10 @@ impl Request {
                 if self.content_length.is_some() {
                     return Err(malformed("duplicate Content-Length"));
                 }
-                self.content_length =
-                    Some(parse_content_length(value).ok_or(malformed("invalid Content-Length"))?);
+                self.content_length = Some(
+                    parse_content_length(value)
+                        .ok_or_else(|| malformed("invalid Content-Length"))?,
+                );
             } else if name.eq_ignore_ascii_case(b"transfer-encoding") {
                 self.transfer_encoding = true;
                 for coding in list_elements(value) {

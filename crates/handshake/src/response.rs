@@ -5,7 +5,7 @@
 //! The head is read by [`crate::read_response_head`]; this module keeps only owned, copied facts
 //! (no borrow of the buffer), so the caller may relay the buffer as it is.
 
-use crate::fields::{has_token, list_elements, parse_content_length};
+use crate::fields::{list_elements, parse_content_length};
 
 /// Most header fields accepted in a backend's response head.
 pub const MAX_RESPONSE_HEADERS: usize = 64;
@@ -101,9 +101,14 @@ impl ResponseHead {
 
 /// Parses a complete response head (framing already validated by the scanner).
 pub(crate) fn parse_response_head(head: &[u8]) -> Result<ResponseHead, &'static str> {
-    let mut fields = [httparse::EMPTY_HEADER; MAX_RESPONSE_HEADERS];
-    let mut response = httparse::Response::new(&mut fields);
-    match response.parse(head) {
+    // Uninitialised: httparse writes the fields it finds (2 KiB not zeroed per response).
+    let mut fields = [const { std::mem::MaybeUninit::uninit() }; MAX_RESPONSE_HEADERS];
+    let mut response = httparse::Response::new(&mut []);
+    match httparse::ParserConfig::default().parse_response_with_uninit_headers(
+        &mut response,
+        head,
+        &mut fields,
+    ) {
         Ok(httparse::Status::Complete(len)) if len == head.len() => {}
         Ok(_) => return Err("response head not understood"),
         Err(httparse::Error::TooManyHeaders) => return Err("too many header fields in response"),
@@ -157,11 +162,21 @@ pub(crate) fn parse_response_head(head: &[u8]) -> Result<ResponseHead, &'static 
         return Err("Content-Length with Transfer-Encoding in response");
     }
     parsed.chunked &= chunked_count == 1;
-    let fields = response.headers.iter().map(|f| (f.name, f.value));
-    parsed.upgrade_websocket = has_token(fields.clone(), "upgrade", "websocket");
-    parsed.connection_upgrade = has_token(fields.clone(), "connection", "upgrade");
-    parsed.connection_close = has_token(fields.clone(), "connection", "close");
-    parsed.connection_keep_alive = has_token(fields, "connection", "keep-alive");
+    // `Upgrade` and `Connection` in one pass (as `has_token` would find each token, across
+    // repeated fields, case-insensitive).
+    for field in response.headers.iter() {
+        let name = field.name.as_bytes();
+        if name.eq_ignore_ascii_case(b"upgrade") {
+            parsed.upgrade_websocket |=
+                list_elements(field.value).any(|e| e.eq_ignore_ascii_case(b"websocket"));
+        } else if name.eq_ignore_ascii_case(b"connection") {
+            for element in list_elements(field.value) {
+                parsed.connection_upgrade |= element.eq_ignore_ascii_case(b"upgrade");
+                parsed.connection_close |= element.eq_ignore_ascii_case(b"close");
+                parsed.connection_keep_alive |= element.eq_ignore_ascii_case(b"keep-alive");
+            }
+        }
+    }
     Ok(parsed)
 }
 

@@ -104,7 +104,7 @@ impl WebSocketUpgrade {
 /// `Sec-WebSocket-Key` exactly once, the padded base64 of 16 bytes
 /// ([`HandshakeError::BadWebSocketKey`], 400). `Host` is already guaranteed by the parser.
 pub fn classify(req: &Request) -> Result<RequestKind, HandshakeError> {
-    if !has_token(req.headers(), "upgrade", "websocket") {
+    if !has_token(req.raw_headers(), "upgrade", "websocket") {
         return Ok(RequestKind::Plain);
     }
     if req.version() != 1 {
@@ -120,7 +120,7 @@ pub fn classify(req: &Request) -> Result<RequestKind, HandshakeError> {
             method: shown.to_owned(),
         });
     }
-    if !has_token(req.headers(), "connection", "upgrade") {
+    if !has_token(req.raw_headers(), "connection", "upgrade") {
         return Err(HandshakeError::MissingUpgradeHeaders {
             missing: "Connection: upgrade",
         });

@@ -90,6 +90,11 @@ fn recorded_figures_render_as_a_valid_exposition() {
     listener.handshake_duration.record(0.003);
     let pool = PoolMetrics::new("chat");
     pool.tunnel_closed("client");
+    pool.tunnel_closed("client");
+    pool.tunnel_closed("backend");
+    pool.tunnel_closed("idle_timeout");
+    // The handles of a later generation (a reload) count into the same series.
+    PoolMetrics::new("chat").tunnel_closed("client");
     pool.tunnel_duration.record(7200.0);
     pool.http_request(204);
     let backend = BackendMetrics::new("chat", "10.0.0.1:9000");
@@ -156,8 +161,17 @@ fn recorded_figures_render_as_a_valid_exposition() {
             "sluice_tunnels_closed_total",
             &[("pool", "chat"), ("closed_by", "client")]
         ),
-        1.0
+        3.0
     );
+    for closed_by in ["backend", "idle_timeout"] {
+        assert_eq!(
+            value(
+                "sluice_tunnels_closed_total",
+                &[("pool", "chat"), ("closed_by", closed_by)]
+            ),
+            1.0
+        );
+    }
     assert_eq!(
         value("sluice_http_requests_total", &[("class", "2xx")]),
         1.0

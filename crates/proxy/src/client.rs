@@ -36,9 +36,21 @@ pub(crate) const RETRY_AFTER_CONNECTIONS: u32 = 1;
 pub(crate) struct Addrs {
     /// The client's address: the PROXY header's source, else the socket's peer.
     pub(crate) client: SocketAddr,
-    /// The address the client connected to: the PROXY header's destination, else the
-    /// listening socket's own.
-    pub(crate) local: SocketAddr,
+    /// The address the client connected to when the PROXY header gave it; `None`: the
+    /// socket's own, read only where it is used ([`Addrs::local`]), so that a connection that
+    /// never needs it (no PROXY header sent on) makes no `getsockname` call.
+    pub(crate) local: Option<SocketAddr>,
+}
+
+impl Addrs {
+    /// The address the client connected to: the PROXY header's destination, else `tcp`'s local
+    /// address (the client's socket).
+    pub(crate) fn local(&self, tcp: &TcpStream) -> SocketAddr {
+        self.local.unwrap_or_else(|| {
+            tcp.local_addr()
+                .unwrap_or_else(|_| SocketAddr::from(([0, 0, 0, 0], 0)))
+        })
+    }
 }
 
 /// An admitted client: its addresses and its place in its source's count.
@@ -78,11 +90,8 @@ pub(crate) async fn admit(
     accepted_at: Instant,
 ) -> Result<Client, Refusal> {
     let metrics = listener.metrics();
-    let local = tcp
-        .local_addr()
-        .unwrap_or_else(|_| SocketAddr::from(([0, 0, 0, 0], 0)));
     let (addr, local) = match &listener.config().accept_proxy_protocol {
-        None => (peer, local),
+        None => (peer, None),
         Some(accept) => {
             let edge = canonical(peer.ip());
             if !accept.from.iter().any(|net| net.contains(&edge)) {
@@ -102,7 +111,9 @@ pub(crate) async fn admit(
                 () = shared.stop_tunnels.cancelled() => return Err(Refusal::Close),
             };
             match read {
-                Ok(header) => header.addrs.unwrap_or((peer, local)),
+                Ok(header) => header.addrs.map_or((peer, None), |(source, destination)| {
+                    (source, Some(destination))
+                }),
                 Err(error) => {
                     let reason = match error {
                         ProxyHeaderError::Timeout => Refused::ProxyTimeout,

@@ -287,7 +287,8 @@ async fn exchange(
     let send_proxy = pool_config.and_then(|p| p.send_proxy_protocol);
     let mut preface = Vec::new();
     if let Some(version) = send_proxy {
-        crate::proxy_protocol::write(version, addrs.client, addrs.local, &mut preface);
+        let local = addrs.local(client.tcp());
+        crate::proxy_protocol::write(version, addrs.client, local, &mut preface);
     }
     write_plain_request(
         request,

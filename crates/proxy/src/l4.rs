@@ -99,7 +99,7 @@ pub(crate) async fn serve(
     // Picked and connected.
     let key = pool
         .hash_key()
-        .and_then(|key| connection_key(key, addrs.client, Some(addrs.local)));
+        .and_then(|key| connection_key(key, addrs.client, Some(addrs.local(&client))));
     let affinity = Affinity {
         cookie: None,
         key: key.as_deref(),
@@ -141,7 +141,7 @@ pub(crate) async fn serve(
         .get(pool_index)
         .and_then(|p| p.send_proxy_protocol)
     {
-        crate::proxy_protocol::write(version, addrs.client, addrs.local, &mut first);
+        crate::proxy_protocol::write(version, addrs.client, addrs.local(&client), &mut first);
     }
     first.extend_from_slice(&hello);
     if !first.is_empty() && backend.write_all(&first).await.is_err() {
