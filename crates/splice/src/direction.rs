@@ -73,6 +73,9 @@ pub(crate) struct Direction<'p> {
     need_flush: bool,
     read_eof: bool,
     done: bool,
+    /// The other direction is done: between two TCP sockets this one's end of stream goes
+    /// with the close that ends the tunnel, not with a `shutdown` of its own.
+    other_done: bool,
     delta: Delta,
     spliced: u64,
     copied: u64,
@@ -114,6 +117,7 @@ impl<'p> Direction<'p> {
             need_flush: false,
             read_eof: false,
             done: false,
+            other_done: false,
             delta: Delta::default(),
             spliced: 0,
             copied: 0,
@@ -189,6 +193,11 @@ impl<'p> Direction<'p> {
     /// End of stream was passed on to the destination: nothing more to do.
     pub(crate) fn is_done(&self) -> bool {
         self.done
+    }
+
+    /// Tells the direction whether the other one is done (before each poll).
+    pub(crate) fn set_other_done(&mut self, done: bool) {
+        self.other_done = done;
     }
 
     /// Bytes delivered by splice, as of the last flush.
@@ -267,6 +276,15 @@ impl<'p> Direction<'p> {
         loop {
             ready!(self.poll_drain_pipe(cx, dst))?;
             ready!(self.poll_write_buf(cx, dst))?;
+            if self.read_eof && self.other_done {
+                // The tunnel ends now and closes both sockets: the close sends the FIN a
+                // `shutdown` would (both receive queues were read to their end, so it is a
+                // FIN, not a reset), one syscall fewer per connection.
+                self.pipe = None;
+                self.buf = None;
+                self.done = true;
+                return Poll::Ready(Ok(()));
+            }
             if self.read_eof {
                 return self.poll_finish(cx, dst);
             }

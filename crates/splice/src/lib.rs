@@ -44,7 +44,10 @@
 //!
 //! **Ends.** End of stream on one side is passed on per direction: the pending bytes are
 //! written, then the destination's write half is shut (`shutdown(SHUT_WR)`), and the other
-//! direction keeps going. The tunnel ends when both directions have, with
+//! direction keeps going. Between two TCP sockets the direction that ends last skips its
+//! `shutdown`: the tunnel closes both sockets at once, and that close sends the same FIN
+//! (both receive queues were read to their end, so it cannot turn into a reset). The tunnel
+//! ends when both directions have, with
 //! [`CloseReason::Client`] or [`CloseReason::Backend`] naming the side that ended first. An I/O
 //! error on either side (reset, broken pipe) ends both at once ([`CloseReason::Error`]), as do
 //! the idle timeout ([`CloseReason::IdleTimeout`]), the half-closed timeout (one direction

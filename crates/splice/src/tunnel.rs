@@ -122,10 +122,12 @@ where
             }
 
             let mut failed = None;
-            for dir in [&mut c2b, &mut b2c] {
+            let done = (c2b.is_done(), b2c.is_done());
+            for (dir, other_done) in [(&mut c2b, done.1), (&mut b2c, done.0)] {
                 if dir.is_done() {
                     continue;
                 }
+                dir.set_other_done(other_done);
                 if let Poll::Ready(Err(e)) = poll_dir(dir, cx, &mut client, &mut backend) {
                     failed = Some(e);
                 }
