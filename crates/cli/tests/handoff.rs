@@ -453,3 +453,99 @@ async fn the_upgrade_command_starts_the_successor_itself() {
     );
     assert!(!pid_file.exists(), "the last process removes its pid file");
 }
+
+/// Opens a tunnel through `addr`; returns it and the name of the backend it reached.
+async fn tunnel_to(addr: SocketAddr) -> (WsStream, String) {
+    let (ws, response) = ws_connect(addr, "/", &[]).await.unwrap();
+    let backend = response
+        .headers()
+        .get("x-backend")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default()
+        .to_owned();
+    (ws, backend)
+}
+
+/// Adopted tunnels are the successor's own: `least_conn` counts them (new connections go to
+/// the backend without any), and a reload that removes their backend drains them on its
+/// schedule.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn adopted_tunnels_count_for_least_conn_and_drain() {
+    let named = |name: &'static str| async move {
+        EchoBackend::builder()
+            .name(name)
+            .record(false)
+            .spawn()
+            .await
+            .unwrap()
+    };
+    let (a, b) = (named("a").await, named("b").await);
+    let pool = "balance = \"least_conn\"\ndrain_timeout = \"1s\"\ndrain_spread = \"0s\"";
+    let with = |backends: &[SocketAddr]| {
+        common::config(backends, pool, "[timeouts]\nshutdown = \"60s\"\n")
+    };
+    let path = temp_file("sluice.toml", &with(&[a.addr(), b.addr()]));
+    let socket = socket_beside(&path);
+    let first = start(&path, "--upgrade-socket", &socket).await;
+
+    // Ten tunnels, five on each (least_conn alternates); those on `a` closed: only `b` keeps
+    // tunnels.
+    let mut opened = Vec::new();
+    for _ in 0..10 {
+        opened.push(tunnel_to(first.addr).await);
+    }
+    let mut on_b = Vec::new();
+    for (mut ws, backend) in opened {
+        if backend == "b" {
+            on_b.push(ws);
+        } else {
+            assert_eq!(backend, "a");
+            ws.close(None).await.unwrap();
+            while let Some(Ok(_)) = ws.next().await {}
+        }
+    }
+    assert_eq!(on_b.len(), 5);
+    assert!(
+        sluice_testkit::wait_until(SOON, || a.active_connections() == 0).await,
+        "a still has tunnels"
+    );
+
+    let second = start(&path, "--upgrade-from", &socket).await;
+    second.wait_log(&["took over", "adopted"], SOON).await;
+    assert_eq!(first.exit(SOON).await.0.code(), Some(0));
+
+    // `b` holds the adopted tunnels, `a` none: every new one goes to `a`.
+    let mut on_a = Vec::new();
+    for _ in 0..on_b.len() {
+        let (ws, backend) = tunnel_to(second.addr).await;
+        assert_eq!(backend, "a", "least_conn did not count the adopted tunnels");
+        on_a.push(ws);
+    }
+
+    // A reload removes `b`: its adopted tunnels are closed after drain_timeout.
+    common::replace_file(&path, &with(&[a.addr()]));
+    second.signal(rustix::process::Signal::HUP);
+    second.wait_generation(2).await;
+    for (i, ws) in on_b.iter_mut().enumerate() {
+        let ended = tokio::time::timeout(SOON, async {
+            loop {
+                match ws.next().await {
+                    None | Some(Err(_)) | Some(Ok(Message::Close(_))) => return,
+                    Some(Ok(_)) => {}
+                }
+            }
+        })
+        .await;
+        assert!(
+            ended.is_ok(),
+            "adopted tunnel {i} on the removed backend was not drained"
+        );
+    }
+    for (i, ws) in on_a.iter_mut().enumerate() {
+        ws.send(Message::text(format!("still {i}"))).await.unwrap();
+        let echoed = tokio::time::timeout(SOON, ws.next()).await.unwrap();
+        assert!(matches!(echoed, Some(Ok(m)) if m == Message::text(format!("still {i}"))));
+    }
+    drop((on_a, on_b));
+    assert_eq!(second.stop().await.code(), Some(0));
+}
