@@ -248,9 +248,9 @@ fn run(
         )
         .context("cannot install the SIGHUP handler")?;
         let shutdown = shutdown_signal().context("cannot install signal handlers")?;
-        let upgrader = successor
-            .map(|args| upgrade::start_successor_on_signal(exe, args))
-            .transpose()
+        // Installed either way: without `--upgrade-socket` a SIGUSR2 is logged and ignored
+        // (its default action would kill the process).
+        let upgrader = upgrade::start_successor_on_signal(exe, successor)
             .context("cannot install the SIGUSR2 handler")?;
         let (listeners, upgrades) = upgrade.bind(&server).await?;
         let _pid_file = pid_file.map(PidFile::create).transpose()?;
@@ -292,9 +292,7 @@ fn run(
             let _ = std::fs::remove_file(path);
         }
         reloads.abort();
-        if let Some(upgrader) = upgrader {
-            upgrader.abort();
-        }
+        upgrader.abort();
         Ok(ExitCode::SUCCESS)
     })
 }

@@ -179,15 +179,23 @@ async fn blocking<T: Send + 'static>(
 /// signal. The successor's exit, if it fails, is logged here; once it took over, this process
 /// drains and exits and the successor lives on (its parent becomes the service manager or
 /// init).
+/// Without `args` (no `--upgrade-socket`), each SIGUSR2 is logged and ignored.
 pub(crate) fn start_successor_on_signal(
     exe: PathBuf,
-    args: Vec<std::ffi::OsString>,
+    args: Option<Vec<std::ffi::OsString>>,
 ) -> std::io::Result<tokio::task::JoinHandle<()>> {
     use tokio::signal::unix::{SignalKind, signal};
     let mut usr2 = signal(SignalKind::user_defined2())?;
     Ok(tokio::spawn(async move {
         let running = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
         while usr2.recv().await.is_some() {
+            let Some(args) = &args else {
+                warn!(
+                    signal = "SIGUSR2",
+                    "binary upgrade needs --upgrade-socket: signal ignored"
+                );
+                continue;
+            };
             if running.load(std::sync::atomic::Ordering::Acquire) {
                 warn!(
                     signal = "SIGUSR2",
@@ -197,7 +205,7 @@ pub(crate) fn start_successor_on_signal(
             }
             info!(signal = "SIGUSR2", binary = %exe.display(), "starting the successor");
             let spawned = std::process::Command::new(&exe)
-                .args(&args)
+                .args(args)
                 .stdin(std::process::Stdio::null())
                 .spawn();
             let mut child = match spawned {

@@ -549,3 +549,23 @@ async fn adopted_tunnels_count_for_least_conn_and_drain() {
     drop((on_a, on_b));
     assert_eq!(second.stop().await.code(), Some(0));
 }
+
+/// Without `--upgrade-socket`, `sluice upgrade` (SIGUSR2) is logged and ignored: the signal's
+/// default action would have killed the process.
+#[tokio::test]
+async fn the_upgrade_command_without_an_upgrade_socket_changes_nothing() {
+    let backend = echo_backend().await;
+    let path = temp_file("sluice.toml", &config(&[backend.addr()]));
+    let pid_file = path.with_file_name("sluice.pid");
+    let sluice = Sluice::start(&path, &["--pid-file", pid_file.to_str().unwrap()]).await;
+    let out = std::process::Command::new(common::SLUICE)
+        .args(["upgrade", "--pid-file", pid_file.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    sluice
+        .wait_log(&["binary upgrade needs --upgrade-socket"], SOON)
+        .await;
+    assert_eq!(common::landed(sluice.addr, &[]).await, backend.name());
+    assert_eq!(sluice.stop().await.code(), Some(0));
+}
