@@ -569,3 +569,60 @@ async fn the_upgrade_command_without_an_upgrade_socket_changes_nothing() {
     assert_eq!(common::landed(sluice.addr, &[]).await, backend.name());
     assert_eq!(sluice.stop().await.code(), Some(0));
 }
+
+/// A successor that dies after the old process stopped accepting (holding a tunnel whose
+/// handshake finished meanwhile): the old process accepts again on the sockets it kept, and
+/// the tunnel, given back, talks on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_successor_dying_after_the_old_process_stopped_accepting_leaves_it_serving() {
+    let backend = echo_backend().await;
+    let path = temp_file("sluice.toml", &config(&[backend.addr()]));
+    let socket = socket_beside(&path);
+    let first = start(&path, "--upgrade-socket", &socket).await;
+    let admin = first.admin_addr().await;
+    // A client connected before the upgrade, its handshake not yet sent.
+    let early = tokio::net::TcpStream::connect(first.addr).await.unwrap();
+    let accepted = sluice_testkit::wait_until_async(SOON, || async {
+        common::metric(admin, "sluice_connections_active").await >= 1.0
+    })
+    .await;
+    assert!(accepted);
+
+    let (got_batch, got) = std::sync::mpsc::channel();
+    let successor_socket = socket.clone();
+    let successor = tokio::task::spawn_blocking(move || {
+        let inheritance = sluice_handoff::take_over(&successor_socket, SOON).unwrap();
+        inheritance.ready().unwrap();
+        let Inherited::Tunnels(batch) = inheritance.next().unwrap() else {
+            panic!("no tunnel")
+        };
+        got_batch.send(batch.len()).unwrap();
+        // Dies here, the tunnel's descriptors in its hands.
+    });
+    first.wait_log(&["listener closed", "public"], SOON).await;
+    // Now the handshake: it completes in the old process, which no longer accepts, and the
+    // tunnel goes to the successor, which dies with it.
+    let addr = first.addr.to_string();
+    let (mut ws, _) = sluice_testkit::ws_handshake(early, &addr, "/", &[])
+        .await
+        .unwrap();
+    successor.await.unwrap();
+    assert_eq!(got.recv().unwrap(), 1);
+    first.wait_log(&["accepting again"], SOON).await;
+
+    ws.send(Message::text("given back")).await.unwrap();
+    let echoed = tokio::time::timeout(SOON, ws.next()).await.unwrap();
+    assert!(matches!(echoed, Some(Ok(m)) if m == Message::text("given back")));
+    assert_eq!(common::landed(first.addr, &[]).await, backend.name());
+    assert!(common::metric(admin, "sluice_ready").await >= 1.0);
+
+    // And a real successor still takes everything over.
+    let second = start(&path, "--upgrade-from", &socket).await;
+    second.wait_log(&["took over", "adopted"], SOON).await;
+    assert_eq!(first.exit(SOON).await.0.code(), Some(0));
+    ws.send(Message::text("moved")).await.unwrap();
+    let echoed = tokio::time::timeout(SOON, ws.next()).await.unwrap();
+    assert!(matches!(echoed, Some(Ok(m)) if m == Message::text("moved")));
+    drop(ws);
+    assert_eq!(second.stop().await.code(), Some(0));
+}

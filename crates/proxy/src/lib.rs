@@ -422,25 +422,35 @@ impl Server {
             self.shared.ready.store(true, Ordering::Relaxed);
             self.shared.started_accepting.notify_waiters();
             sluice_metrics::global::ready(true);
-            let mut admin = self.admin_state();
-            if let Some(listener) = admin.bound.take() {
-                admin.socket = std::os::fd::AsFd::as_fd(&listener)
-                    .try_clone_to_owned()
-                    .ok();
-                let stop = CancellationToken::new();
-                let token = snapshot
-                    .config()
-                    .admin
-                    .as_ref()
-                    .and_then(|a| a.token.as_ref())
-                    .map(|t| Arc::from(t.expose()));
-                tokio::spawn(admin::serve(self.clone(), listener, token, stop.clone()));
-                admin.stop = Some(stop);
+            let bound = self.admin_state().bound.take();
+            if let Some(listener) = bound {
+                self.serve_admin(listener);
             }
         }
         shutdown.await;
         self.shutdown().await;
         Ok(())
+    }
+
+    /// Serves the admin listener on `listener` until shutdown (or a binary upgrade) stops it.
+    pub(crate) fn serve_admin(&self, listener: TcpListener) {
+        let token = self
+            .snapshot()
+            .config()
+            .admin
+            .as_ref()
+            .and_then(|a| a.token.as_ref())
+            .map(|t| Arc::from(t.expose()));
+        let stop = CancellationToken::new();
+        let mut admin = self.admin_state();
+        admin.socket = std::os::fd::AsFd::as_fd(&listener)
+            .try_clone_to_owned()
+            .ok();
+        if let Ok(addr) = listener.local_addr() {
+            admin.addr = Some(addr);
+        }
+        tokio::spawn(admin::serve(self.clone(), listener, token, stop.clone()));
+        admin.stop = Some(stop);
     }
 
     async fn shutdown(&self) {

@@ -217,6 +217,12 @@ impl Control {
         self.shutting_down
     }
 
+    /// Listeners may start again (a binary upgrade failed after this process stopped
+    /// accepting).
+    pub(crate) fn accept_again(&mut self) {
+        self.shutting_down = false;
+    }
+
     pub(crate) async fn stop_all_listeners(&mut self) {
         self.shutting_down = true;
         let names: Vec<String> = self.listeners.keys().cloned().collect();

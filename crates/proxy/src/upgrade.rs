@@ -18,7 +18,11 @@ use sluice_handoff::{CounterSeries, Endpoint, HandoffError, ListenerMeta};
 use tokio::net::TcpListener;
 use tracing::{info, warn};
 
+use crate::reload::Control;
 use crate::{BoundListener, ProxyError, Server};
+
+/// The name the admin listener's socket travels under.
+const ADMIN: &str = "admin";
 
 /// How long each step of the conversation may take.
 const STEP_TIMEOUT: Duration = Duration::from_secs(10);
@@ -110,21 +114,30 @@ impl Server {
                     continue;
                 }
             };
+            // This process keeps its copies of the listening sockets until its last word: a
+            // successor that fails before hearing it leaves them open, to accept again on.
             let handed = tokio::task::spawn_blocking(move || {
                 let borrowed: Vec<_> = sockets
                     .iter()
                     .map(|(meta, fd)| (meta.clone(), fd.as_fd()))
                     .collect();
-                sluice_handoff::hand_over(channel, &borrowed, endpoint_fd.as_fd(), READY_WITHIN)
+                let handed = sluice_handoff::hand_over(
+                    channel,
+                    &borrowed,
+                    endpoint_fd.as_fd(),
+                    READY_WITHIN,
+                );
+                (handed, sockets)
             })
-            .await
-            .unwrap_or_else(|panic| {
-                Err(HandoffError::Malformed(format!("handoff thread: {panic}")))
-            });
-            let handover = match handed {
-                Ok(handover) => handover,
-                Err(error) => {
+            .await;
+            let (handover, sockets) = match handed {
+                Ok((Ok(handover), sockets)) => (handover, sockets),
+                Ok((Err(error), _)) => {
                     warn!(%error, "upgrade failed: this process keeps serving");
+                    continue;
+                }
+                Err(panic) => {
+                    warn!(%panic, "upgrade failed (handoff thread): this process keeps serving");
                     continue;
                 }
             };
@@ -143,8 +156,6 @@ impl Server {
                     }
                 }
                 self.shared.ready.store(false, Ordering::Relaxed);
-                // Keep-alive connections close after their request, as on shutdown.
-                self.shared.closing.cancel();
             };
             let handover = match crate::handoff::transfer(&self.shared, handover, stop_accepting)
                 .await
@@ -155,11 +166,11 @@ impl Server {
                     continue;
                 }
                 Err((error, true)) => {
-                    warn!(%error, successor, "the successor failed after it took over; this process drains what it kept");
-                    return;
+                    warn!(%error, successor, "the successor failed after this process stopped accepting");
+                    self.accept_again(&mut control, sockets);
+                    continue;
                 }
             };
-            drop(control);
             let kept = self.stats().connections_active();
             // The counters as they stand, for the successor to go on from.
             self.publish_metrics();
@@ -181,8 +192,11 @@ impl Server {
                 .await
                 .unwrap_or(Err(HandoffError::Closed))
             {
-                warn!(%error, successor, "the successor did not hear that this process is done");
+                warn!(%error, successor, "the successor did not hear this process's last word");
+                self.accept_again(&mut control, sockets);
+                continue;
             }
+            drop((control, sockets));
             info!(
                 successor,
                 kept,
@@ -190,6 +204,28 @@ impl Server {
             );
             return;
         }
+    }
+
+    /// After a successor failed once this process had stopped accepting (and before it said
+    /// its last word): accepts again on the listening sockets it kept, as before the upgrade.
+    fn accept_again(&self, control: &mut Control, sockets: Vec<(ListenerMeta, OwnedFd)>) {
+        control.accept_again();
+        for (meta, fd) in sockets {
+            match adopt(fd) {
+                Ok(listener) if meta.name == ADMIN => self.serve_admin(listener),
+                Ok(listener) => control.start_listener(
+                    &self.shared,
+                    BoundListener::new(meta.name, listener),
+                    meta.configured,
+                ),
+                Err(error) => {
+                    warn!(listener = %meta.name, %error, "cannot accept again on this socket");
+                }
+            }
+        }
+        self.shared.ready.store(true, Ordering::Relaxed);
+        sluice_metrics::global::ready(true);
+        warn!("accepting again: this process keeps serving, with the tunnels it kept");
     }
 
     /// Adds a predecessor's counters to this process's, so that they go on across a binary
@@ -214,7 +250,7 @@ impl Server {
         let configured = self.snapshot().config().admin.as_ref()?.listen;
         Some((
             ListenerMeta {
-                name: "admin".into(),
+                name: ADMIN.into(),
                 configured,
                 bound,
             },
