@@ -9,9 +9,13 @@
 //!
 //! After the backend answered `101 Switching Protocols` (or straight after connect in `tcp` and
 //! `tls-passthrough` modes), the proxy hands both sockets to [`relay`], which owns them until the
-//! tunnel ends and returns a [`RelayReport`]: bytes each way, how they moved, who closed and why.
-//! TLS-terminated sides cannot splice (the bytes are decrypted in user space): [`relay_copy`]
-//! relays any `AsyncRead + AsyncWrite` pair with the same contract.
+//! tunnel ends and returns a [`RelayReport`] ([`Relayed::Closed`]): bytes each way, how they
+//! moved, who closed and why. Or until its `stop` asks it to suspend: then it returns the
+//! tunnel as it stands ([`Relayed::Suspended`]: the sockets and the bytes in flight, in pipes),
+//! which [`resume`] relays on from exactly there, in this process or, its descriptors sent over
+//! a unix socket, in another (a binary upgrade). TLS-terminated sides cannot splice (the bytes
+//! are decrypted in user space): [`relay_copy`] relays any `AsyncRead + AsyncWrite` pair with
+//! the same contract, and cannot be suspended.
 //!
 //! # How bytes move
 //!
@@ -52,7 +56,8 @@
 //! error on either side (reset, broken pipe) ends both at once ([`CloseReason::Error`]), as do
 //! the idle timeout ([`CloseReason::IdleTimeout`]), the half-closed timeout (one direction
 //! ended and the other did not follow in time: [`CloseReason::HalfClosedTimeout`]) and the
-//! `stop` future ([`CloseReason::Stopped`]). The sockets are closed when [`relay`] returns.
+//! `stop` future ([`CloseReason::Stopped`]). The sockets are closed when [`relay`] returns,
+//! unless it returns them suspended.
 //!
 //! # What this crate does not do
 //!
