@@ -201,8 +201,8 @@ const POLL: Duration = Duration::from_millis(10);
 /// The predecessor's side of a tunnel handoff: first every portable tunnel (this process still
 /// accepts; tunnels established meanwhile follow at once), then `stop_accepting`, then the
 /// tunnels whose handshake finishes until none is left in flight or the handshake and connect
-/// timeouts have passed. Returns the channel for its last word (`Done`) and whether this
-/// process stopped accepting; an error before that leaves it serving as before.
+/// timeouts have passed. Returns the channel for the last word (counters, `Done`); on an
+/// error, whether this process had stopped accepting by then (if not, it serves as before).
 pub(crate) async fn transfer<F, Fut>(
     shared: &Arc<Shared>,
     handover: Handover,
@@ -267,9 +267,9 @@ struct Transfer<'a> {
 }
 
 impl Transfer<'_> {
-    /// Ends the transfer: tunnels told to stop close again from now on, and every tunnel not
-    /// handed over goes back to its task (after the flag: so that it can be handed over by a
-    /// later upgrade).
+    /// Ends the transfer: tunnels registered from now on are not asked to suspend, and every
+    /// tunnel not handed over goes back to its task (a tunnel asked earlier that acts on it
+    /// only now is given back the same way).
     fn end(&mut self, mut queue: mpsc::UnboundedReceiver<Outgoing>) {
         self.shared.tunnels.end_suspending();
         self.shared.handoff.close();
