@@ -81,6 +81,11 @@ enum Command {
         /// The pid file given to `sluice run --pid-file`.
         #[arg(long, value_name = "FILE")]
         pid_file: PathBuf,
+        /// Wait this long for the successor to take over (the pid file then names it): exit 0
+        /// once it did, 1 if it did not in time (the old process keeps serving). 0: do not
+        /// wait.
+        #[arg(long, value_name = "SECONDS", default_value_t = 60)]
+        wait: u64,
     },
     /// Check a configuration file: print every error (exit 64) or a summary (exit 0).
     Check {
@@ -152,7 +157,7 @@ fn main() -> ExitCode {
             }
         }
         Command::Reload { pid_file } => signal_command(&pid_file, rustix::process::Signal::HUP),
-        Command::Upgrade { pid_file } => signal_command(&pid_file, rustix::process::Signal::USR2),
+        Command::Upgrade { pid_file, wait } => upgrade_command(&pid_file, wait),
     }
 }
 
@@ -172,6 +177,40 @@ fn signal_command(pid_file: &std::path::Path, signal: rustix::process::Signal) -
             ExitCode::FAILURE
         }
     }
+}
+
+/// `sluice upgrade`: SIGUSR2 to the process of the pid file, then (unless `wait` is 0) waits
+/// until the pid file names another live process: the successor that took over.
+fn upgrade_command(pid_file: &std::path::Path, wait: u64) -> ExitCode {
+    let code = signal_command(pid_file, rustix::process::Signal::USR2);
+    if code != ExitCode::SUCCESS || wait == 0 {
+        return code;
+    }
+    let old = std::fs::read_to_string(pid_file).unwrap_or_default();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(wait);
+    while std::time::Instant::now() < deadline {
+        std::thread::sleep(std::time::Duration::from_millis(50));
+        let now = std::fs::read_to_string(pid_file).unwrap_or_default();
+        let new = now.trim();
+        let alive = new
+            .parse::<i32>()
+            .ok()
+            .and_then(rustix::process::Pid::from_raw)
+            .is_some_and(|pid| rustix::process::test_kill_process(pid).is_ok());
+        if !new.is_empty() && new != old.trim() && alive {
+            println!(
+                "upgraded: sluice pid {} took over from pid {}",
+                new,
+                old.trim()
+            );
+            return ExitCode::SUCCESS;
+        }
+    }
+    eprintln!(
+        "sluice upgrade: no successor took over within {wait}s (the running sluice keeps \
+         serving; see its log)"
+    );
+    ExitCode::FAILURE
 }
 
 fn check(path: &std::path::Path) -> ExitCode {
@@ -253,7 +292,13 @@ fn run(
         let upgrader = upgrade::start_successor_on_signal(exe, successor)
             .context("cannot install the SIGUSR2 handler")?;
         let (listeners, upgrades) = upgrade.bind(&server).await?;
-        let _pid_file = pid_file.map(PidFile::create).transpose()?;
+        // A successor writes the pid file once it took over (the tunnels crossed): until
+        // then the file names the process that serves, and `sluice upgrade` waits for it.
+        let (pid_file_guard, deferred_pid_file) = if upgrades.is_taking_over() {
+            (None, pid_file)
+        } else {
+            (pid_file.map(PidFile::create).transpose()?, None)
+        };
         info!(
             version = env!("CARGO_PKG_VERSION"),
             config = %path.display(),
@@ -265,7 +310,7 @@ fn run(
         let shutdown = async {
             tokio::select! {
                 () = shutdown => {}
-                () = upgrades.serve(&server) => handed_over.set(true),
+                () = upgrades.serve(&server, deferred_pid_file) => handed_over.set(true),
             }
         };
         // `run` polls the shutdown future for the first time once every listener accepts and
@@ -287,7 +332,13 @@ fn run(
             }
         };
         server.run(listeners, served).await?;
-        if let Some(path) = upgrade_socket.filter(|_| !handed_over.get()) {
+        if handed_over.get() {
+            // The successor owns the pid file now (it writes it once it took over, maybe at
+            // this very moment: checking its contents before removing it would race).
+            if let Some(file) = pid_file_guard {
+                file.leave();
+            }
+        } else if let Some(path) = upgrade_socket {
             // The successor, if any, owns the socket path now; otherwise it goes with us.
             let _ = std::fs::remove_file(path);
         }
@@ -363,23 +414,34 @@ fn init_logging(format: LogFormat) {
 }
 
 /// The process id written to a file for the life of the process.
-struct PidFile(PathBuf);
+pub(crate) struct PidFile(Option<PathBuf>);
 
 impl PidFile {
-    fn create(path: PathBuf) -> anyhow::Result<Self> {
-        std::fs::write(&path, format!("{}\n", std::process::id()))
+    /// Writes this process's id, whole or not at all (a reader never sees half of it: the file
+    /// is written beside and renamed over).
+    pub(crate) fn create(path: PathBuf) -> anyhow::Result<Self> {
+        let staged = path.with_extension(format!("{}.tmp", std::process::id()));
+        std::fs::write(&staged, format!("{}\n", std::process::id()))
+            .and_then(|()| std::fs::rename(&staged, &path))
             .with_context(|| format!("cannot write the pid file {}", path.display()))?;
-        Ok(Self(path))
+        Ok(Self(Some(path)))
+    }
+
+    /// After a binary upgrade: the file is the successor's (it writes it once it took over,
+    /// maybe at this very moment), so it is left alone.
+    pub(crate) fn leave(mut self) {
+        self.0 = None;
     }
 }
 
 impl Drop for PidFile {
     fn drop(&mut self) {
-        // After a binary upgrade the file names the successor: leave it to that process.
-        let ours = std::fs::read_to_string(&self.0)
+        // Removed on the way out, unless it names another process by now.
+        let Some(path) = &self.0 else { return };
+        let ours = std::fs::read_to_string(path)
             .is_ok_and(|text| text.trim() == std::process::id().to_string());
         if ours {
-            let _ = std::fs::remove_file(&self.0);
+            let _ = std::fs::remove_file(path);
         }
     }
 }

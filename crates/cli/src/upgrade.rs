@@ -92,13 +92,33 @@ impl Upgrades {
 
     /// Resolves when a successor took over (this process should then drain and exit); never
     /// when upgrades are off.
-    pub(crate) async fn serve(self, server: &Server) {
+    /// Whether this process takes over from a predecessor.
+    pub(crate) fn is_taking_over(&self) -> bool {
+        matches!(self, Self::Finish(..))
+    }
+
+    /// `pid_file`: written once this process took over (a successor's; `None` otherwise), and
+    /// held until this process is upgraded in turn or shuts down.
+    pub(crate) async fn serve(self, server: &Server, pid_file: Option<PathBuf>) {
+        let mut written = None;
         let endpoint = match self {
             Self::Off => return std::future::pending().await,
             Self::Serve(endpoint) => endpoint,
             Self::Finish(inheritance, path) => {
                 server.accepting().await;
-                let Some(inheritance) = inherit_tunnels(server, *inheritance).await else {
+                let inherited = inherit_tunnels(server, *inheritance).await;
+                let took_over = inherited.as_ref().is_some_and(|(done, _)| *done);
+                if took_over {
+                    match pid_file.map(crate::PidFile::create).transpose() {
+                        Ok(file) => written = file,
+                        Err(error) => warn!("{error:#}"),
+                    }
+                } else if pid_file.is_some() {
+                    warn!(
+                        "the predecessor did not finish the upgrade: the pid file still names it"
+                    );
+                }
+                let Some((_, inheritance)) = inherited else {
                     return std::future::pending().await;
                 };
                 match Endpoint::adopt(inheritance.endpoint, &path) {
@@ -111,19 +131,24 @@ impl Upgrades {
             }
         };
         server.serve_upgrades(endpoint).await;
+        // Upgraded in turn: the file is the successor's now.
+        if let Some(file) = written {
+            file.leave();
+        }
     }
 }
 
 /// Tells the predecessor this process accepts, then takes its tunnels batch by batch until it
 /// is done: each batch is checked, acknowledged, and relayed here once the predecessor let go
 /// of it. A failure ends the inheritance (the predecessor keeps what it did not hand over);
-/// this process serves on either way. `None` only if a handoff thread panicked.
-async fn inherit_tunnels(server: &Server, inheritance: Inheritance) -> Option<Inheritance> {
+/// this process serves on either way. Returns whether the predecessor said its last word
+/// (`Done`) and the inheritance; `None` only if a handoff thread panicked.
+async fn inherit_tunnels(server: &Server, inheritance: Inheritance) -> Option<(bool, Inheritance)> {
     let predecessor = inheritance.predecessor;
     let (ready, mut inheritance) = blocking(inheritance, |i| i.ready()).await?;
     if let Err(error) = ready {
         warn!(predecessor, %error, "took over, but the predecessor did not hear it");
-        return Some(inheritance);
+        return Some((false, inheritance));
     }
     let mut adopted = 0;
     loop {
@@ -139,7 +164,7 @@ async fn inherit_tunnels(server: &Server, inheritance: Inheritance) -> Option<In
                 if let Err(error) = released {
                     // Closed untouched: the predecessor resumes them, or is gone.
                     warn!(predecessor, %error, tunnels = adoption.len(), "the predecessor did not release a batch of tunnels");
-                    return Some(inheritance);
+                    return Some((false, inheritance));
                 }
                 adopted += adoption.len();
                 server.start_adopted(adoption);
@@ -152,11 +177,11 @@ async fn inherit_tunnels(server: &Server, inheritance: Inheritance) -> Option<In
                     kept,
                     "took over: tunnels relayed here; the predecessor drains what it kept"
                 );
-                return Some(inheritance);
+                return Some((true, inheritance));
             }
             Err(error) => {
                 warn!(predecessor, adopted, %error, "the predecessor stopped handing tunnels over");
-                return Some(inheritance);
+                return Some((false, inheritance));
             }
         }
     }

@@ -379,6 +379,34 @@ fn exited(pid: u32) -> bool {
     }
 }
 
+/// On drop (a failed test included), stops by pid every process started with this
+/// configuration file: the successors a SIGUSR2 started are not the test's children.
+struct Reaper(PathBuf);
+
+impl Drop for Reaper {
+    fn drop(&mut self) {
+        let config = self.0.to_string_lossy().into_owned();
+        let Ok(procs) = std::fs::read_dir("/proc") else {
+            return;
+        };
+        for entry in procs.flatten() {
+            let Some(pid) = entry
+                .file_name()
+                .to_str()
+                .and_then(|p| p.parse::<i32>().ok())
+            else {
+                continue;
+            };
+            let cmdline = std::fs::read(entry.path().join("cmdline")).unwrap_or_default();
+            let ours = String::from_utf8_lossy(&cmdline).contains(&config)
+                && pid != std::process::id() as i32;
+            if let (true, Some(pid)) = (ours, rustix::process::Pid::from_raw(pid)) {
+                let _ = rustix::process::kill_process(pid, rustix::process::Signal::KILL);
+            }
+        }
+    }
+}
+
 /// `sluice upgrade --pid-file` (SIGUSR2): the running process starts the binary at its own
 /// path as its successor, which takes the tunnels over, rewrites the pid file and serves on;
 /// the old process exits.
@@ -387,6 +415,7 @@ async fn the_upgrade_command_starts_the_successor_itself() {
     const TUNNELS: usize = 50;
     let backend = echo_backend().await;
     let path = temp_file("sluice.toml", &config(&[backend.addr()]));
+    let _reaper = Reaper(path.clone());
     let socket = socket_beside(&path);
     let pid_file = path.with_file_name("sluice.pid");
     let first = Sluice::start(
@@ -403,12 +432,25 @@ async fn the_upgrade_command_starts_the_successor_itself() {
     let stop = Arc::new(AtomicBool::new(false));
     let talkers = talk(first.addr, TUNNELS, Duration::from_millis(20), &stop).await;
 
-    let out = std::process::Command::new(common::SLUICE)
-        .args(["upgrade", "--pid-file", pid_file.to_str().unwrap()])
-        .output()
-        .unwrap();
+    // The command returns once the successor took over (the pid file names it).
+    let out = tokio::task::spawn_blocking({
+        let pid_file = pid_file.clone();
+        move || {
+            std::process::Command::new(common::SLUICE)
+                .args(["upgrade", "--pid-file", pid_file.to_str().unwrap()])
+                .output()
+                .unwrap()
+        }
+    })
+    .await
+    .unwrap();
     assert!(out.status.success(), "{out:?}");
-    assert!(String::from_utf8_lossy(&out.stdout).contains("sent SIGUSR2"));
+    let said = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(said.contains("sent SIGUSR2"), "{said}");
+    assert!(
+        said.contains(&format!("took over from pid {first_pid}")),
+        "{said}"
+    );
     // The successor writes to the same standard error: its lines are in this log.
     first.wait_log(&["starting the successor"], SOON).await;
     let took = first.wait_log(&["took over", "adopted"], SOON).await;
@@ -558,11 +600,25 @@ async fn the_upgrade_command_without_an_upgrade_socket_changes_nothing() {
     let path = temp_file("sluice.toml", &config(&[backend.addr()]));
     let pid_file = path.with_file_name("sluice.pid");
     let sluice = Sluice::start(&path, &["--pid-file", pid_file.to_str().unwrap()]).await;
-    let out = std::process::Command::new(common::SLUICE)
-        .args(["upgrade", "--pid-file", pid_file.to_str().unwrap()])
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "{out:?}");
+    let out = tokio::task::spawn_blocking({
+        let pid_file = pid_file.clone();
+        move || {
+            std::process::Command::new(common::SLUICE)
+                .args([
+                    "upgrade",
+                    "--wait",
+                    "1",
+                    "--pid-file",
+                    pid_file.to_str().unwrap(),
+                ])
+                .output()
+                .unwrap()
+        }
+    })
+    .await
+    .unwrap();
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    assert!(String::from_utf8_lossy(&out.stderr).contains("no successor took over within 1s"));
     sluice
         .wait_log(&["binary upgrade needs --upgrade-socket"], SOON)
         .await;
