@@ -642,8 +642,8 @@ pub(crate) fn tunnel<'a>(
                     Relayed::Suspended(suspended) => suspended,
                 };
                 let meta = crate::handoff::describe(shared, &suspended, &guard, origin);
-                // Queued before leaving the registry: a handoff that sees no portable tunnel
-                // registered has every suspended one in its queue.
+                // Queued before leaving the registry: a handoff that finds no tunnel still
+                // asked to suspend in the registry has every suspended one in its queue.
                 crate::handoff::hand_over(shared, meta, suspended)
             };
             drop(registration);
