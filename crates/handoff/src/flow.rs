@@ -1,5 +1,6 @@
 //! The two sides of the conversation, step by step (see the crate docs for the picture).
 
+use std::collections::VecDeque;
 use std::os::fd::{BorrowedFd, OwnedFd};
 use std::path::Path;
 use std::time::Duration;
@@ -191,22 +192,21 @@ impl Handover {
     }
 }
 
-/// Splits tunnels into batches whose descriptors fit one message ([`crate::MAX_FDS`]); yields
-/// index ranges into `tunnels`, in order.
-pub fn batches(tunnels: &[TunnelMeta]) -> Vec<std::ops::Range<usize>> {
-    let mut out = Vec::new();
-    let (mut start, mut fds) = (0, 0);
-    for (i, tunnel) in tunnels.iter().enumerate() {
-        if fds + tunnel.fds() > crate::MAX_FDS && i > start {
-            out.push(start..i);
-            (start, fds) = (i, 0);
+/// Takes the next batch off the front of `queue`: as many items, in order, as fit one
+/// message's descriptors ([`crate::MAX_FDS`]; `fds` says how many an item carries), and at
+/// least one.
+pub fn next_batch<T>(queue: &mut VecDeque<T>, fds: impl Fn(&T) -> usize) -> Vec<T> {
+    let mut batch = Vec::new();
+    let mut total = 0;
+    while let Some(next) = queue.front() {
+        let n = fds(next);
+        if !batch.is_empty() && total + n > crate::MAX_FDS {
+            break;
         }
-        fds += tunnel.fds();
+        total += n;
+        batch.extend(queue.pop_front());
     }
-    if start < tunnels.len() {
-        out.push(start..tunnels.len());
-    }
-    out
+    batch
 }
 
 /// Predecessor side: turns a successor away (a shutdown or another handoff is under way),
@@ -249,21 +249,35 @@ mod tests {
         }
     }
 
+    /// Every batch of a queue, in order.
+    fn all_batches(tunnels: Vec<TunnelMeta>) -> Vec<Vec<TunnelMeta>> {
+        let mut queue: VecDeque<TunnelMeta> = tunnels.into();
+        let mut out = Vec::new();
+        while !queue.is_empty() {
+            out.push(next_batch(&mut queue, TunnelMeta::fds));
+        }
+        out
+    }
+
     #[test]
     fn batches_fit_the_descriptor_limit_and_keep_the_order() {
-        assert!(batches(&[]).is_empty());
+        assert!(all_batches(Vec::new()).is_empty());
         // 32 plain tunnels (2 descriptors each) fill one message exactly.
+        let sizes = |b: &[Vec<TunnelMeta>]| b.iter().map(Vec::len).collect::<Vec<_>>();
         let plain: Vec<_> = (0..70).map(|_| tunnel(false)).collect();
-        assert_eq!(batches(&plain), vec![0..32, 32..64, 64..70]);
+        assert_eq!(sizes(&all_batches(plain)), [32, 32, 6]);
         // With pipes both ways a tunnel carries 6: alternating 6 and 2, 16 fill a message.
-        let mixed: Vec<_> = (0..20).map(|i| tunnel(i % 2 == 0)).collect();
-        let split = batches(&mixed);
-        assert_eq!(split, vec![0..16, 16..20]);
-        for range in &split {
-            let fds: usize = mixed[range.clone()].iter().map(TunnelMeta::fds).sum();
-            assert!(fds <= crate::MAX_FDS, "{range:?}: {fds}");
+        let mut mixed: Vec<_> = (0..20).map(|i| tunnel(i % 2 == 0)).collect();
+        for (i, t) in mixed.iter_mut().enumerate() {
+            t.age_ms = i as u64;
         }
-        let covered: Vec<usize> = split.into_iter().flatten().collect();
-        assert_eq!(covered, (0..20).collect::<Vec<_>>());
+        let split = all_batches(mixed);
+        assert_eq!(sizes(&split), [16, 4]);
+        for batch in &split {
+            let fds: usize = batch.iter().map(TunnelMeta::fds).sum();
+            assert!(fds <= crate::MAX_FDS, "{fds}");
+        }
+        let order: Vec<u64> = split.iter().flatten().map(|t| t.age_ms).collect();
+        assert_eq!(order, (0..20).collect::<Vec<_>>());
     }
 }

@@ -32,7 +32,7 @@
 //!
 //! A tunnel is two sockets and, per direction with bytes in flight, a pipe holding them (see
 //! `sluice_splice::Suspended`): all descriptors, so it crosses like a listener does, its
-//! kernel queues untouched. Batches hold at most [`MAX_FDS`] descriptors ([`batches`]).
+//! kernel queues untouched. Batches hold at most [`MAX_FDS`] descriptors ([`next_batch`]).
 //!
 //! # Failure
 //!
@@ -64,7 +64,7 @@ mod message;
 
 pub use crate::channel::{Channel, Received};
 pub use crate::endpoint::Endpoint;
-pub use crate::flow::{Handover, Inheritance, Inherited, batches, hand_over, refuse, take_over};
+pub use crate::flow::{Handover, Inheritance, Inherited, hand_over, next_batch, refuse, take_over};
 pub use crate::message::{
     CounterSeries, DirectionMeta, ListenerMeta, Message, Peer, Refusal, TunnelMeta,
 };

@@ -641,10 +641,11 @@ pub(crate) fn tunnel<'a>(
                     Relayed::Closed(report) => break report,
                     Relayed::Suspended(suspended) => suspended,
                 };
-                let meta = crate::handoff::describe(shared, &suspended, &guard, origin);
+                let meta = crate::handoff::describe(&suspended, &guard, origin);
                 // Queued before leaving the registry: a handoff that finds no tunnel still
                 // asked to suspend in the registry has every suspended one in its queue.
-                crate::handoff::hand_over(shared, meta, suspended)
+                let backend = Arc::clone(guard.backend());
+                crate::handoff::hand_over(shared, meta, backend, suspended)
             };
             drop(registration);
             match verdict.await {

@@ -22,7 +22,7 @@
 //! TLS tunnels (the session's keys live in this process) and tunnels still in their L7 act are
 //! not handed over: they finish in the predecessor, which drains them as on shutdown.
 
-use std::collections::VecDeque;
+use std::collections::{HashMap, VecDeque};
 use std::net::SocketAddr;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::sync::{Arc, Mutex, PoisonError};
@@ -77,6 +77,9 @@ impl Handoff {
 /// by the transfer.
 struct Outgoing {
     meta: TunnelMeta,
+    /// Its backend, whose pool the transfer names in `meta` (one lookup per transfer, not a
+    /// scan of every pool per tunnel).
+    backend: Arc<Backend>,
     tunnel: Option<Suspended>,
     verdict: Option<oneshot::Sender<Verdict>>,
 }
@@ -115,29 +118,15 @@ impl Drop for Outgoing {
     }
 }
 
-/// What a successor needs to know of a suspended tunnel.
-pub(crate) fn describe(
-    shared: &Shared,
-    tunnel: &Suspended,
-    guard: &BackendGuard,
-    origin: Origin<'_>,
-) -> TunnelMeta {
-    // The pool that lists this very backend now; none when a reload retired it (the
-    // successor refuses it, and it drains here).
-    let snapshot = shared.snapshot.load();
-    let pool = snapshot
-        .pools()
-        .iter()
-        .find(|p| p.backends().iter().any(|b| Arc::ptr_eq(b, guard.backend())))
-        .map(|p| p.name().to_owned())
-        .unwrap_or_default();
+/// What a successor needs to know of a suspended tunnel (its pool is named by the transfer).
+pub(crate) fn describe(tunnel: &Suspended, guard: &BackendGuard, origin: Origin<'_>) -> TunnelMeta {
     let client = tunnel
         .client
         .peer_addr()
         .unwrap_or_else(|_| SocketAddr::from(([0, 0, 0, 0], 0)));
     TunnelMeta {
         listener: origin.listener.to_owned(),
-        pool,
+        pool: String::new(),
         backend: guard.addr(),
         client,
         age_ms: millis(origin.started.elapsed()),
@@ -172,11 +161,13 @@ fn direction_meta(held: &Held) -> DirectionMeta {
 pub(crate) fn hand_over(
     shared: &Shared,
     meta: TunnelMeta,
+    backend: Arc<Backend>,
     tunnel: Suspended,
 ) -> impl Future<Output = Verdict> + use<> {
     let (tx, rx) = oneshot::channel();
     let outgoing = Outgoing {
         meta,
+        backend,
         tunnel: Some(tunnel),
         verdict: Some(tx),
     };
@@ -215,8 +206,23 @@ where
     let mut queue = shared.handoff.open();
     let live = shared.tunnels.suspend_portable();
     info!(tunnels = live, "handing tunnels over");
+    // Each backend's pool, as this process routes now (the control lock keeps reloads out
+    // until the transfer ends); a backend a reload retired has none: the successor refuses
+    // its tunnels, and they drain here.
+    let pools = shared
+        .snapshot
+        .load()
+        .pools()
+        .iter()
+        .flat_map(|p| {
+            p.backends()
+                .iter()
+                .map(move |b| (Arc::as_ptr(b) as usize, p.name().to_owned()))
+        })
+        .collect();
     let mut transfer = Transfer {
         shared,
+        pools,
         handover: Some(handover),
         waiting: VecDeque::new(),
         handed: 0,
@@ -257,6 +263,8 @@ where
 
 struct Transfer<'a> {
     shared: &'a Arc<Shared>,
+    /// Pool names by backend (its `Arc`'s address).
+    pools: HashMap<usize, String>,
     /// Taken by each batch's blocking thread and put back.
     handover: Option<Handover>,
     /// Taken from the queue, not yet sent.
@@ -319,15 +327,10 @@ impl Transfer<'_> {
     /// Sends the next batch; adopted tunnels are released and closed here, refused ones go
     /// back to their tasks. On an error the batch goes back whole (and the caller ends).
     async fn send_batch(&mut self) -> Result<(), HandoffError> {
-        let mut batch = Vec::new();
-        let mut fds = 0;
-        while let Some(next) = self.waiting.front() {
-            let n = next.meta.fds();
-            if !batch.is_empty() && fds + n > sluice_handoff::MAX_FDS {
-                break;
-            }
-            fds += n;
-            batch.extend(self.waiting.pop_front());
+        let mut batch = sluice_handoff::next_batch(&mut self.waiting, |o| o.meta.fds());
+        for outgoing in &mut batch {
+            let backend = Arc::as_ptr(&outgoing.backend) as usize;
+            outgoing.meta.pool = self.pools.get(&backend).cloned().unwrap_or_default();
         }
         let handover = self.handover.take().ok_or(HandoffError::Closed)?;
         let (result, handover, batch) = tokio::task::spawn_blocking(move || {
