@@ -10,6 +10,7 @@
 //! backend may already act on it.
 
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -35,7 +36,7 @@ use crate::http::{self, UpgradeRequest};
 use crate::pool::Dial;
 use crate::snapshot::{Snapshot, canonical};
 use crate::stream::ClientStream;
-use crate::tunnels::{Bytes, Portability};
+use crate::tunnels::{Live, Portability};
 
 /// How long a rejected client may keep sending before its connection is closed anyway.
 const LINGER: Duration = Duration::from_secs(2);
@@ -46,11 +47,8 @@ const ANSWER_WRITE_TIMEOUT: Duration = Duration::from_secs(5);
 /// First read buffer; it grows up to the head limit only for large heads.
 const INITIAL_HEAD_BUFFER: usize = 4096;
 
-/// Runs one admitted connection to its end.
-///
-/// Not an `async fn`, whose arguments would each be held twice by its future
-/// (rust-lang/rust#62958) for as long as the connection lives.
-#[allow(clippy::manual_async_fn)] // an `async move` block on purpose (see above)
+/// Runs one admitted connection of an `http` listener to its end: the L7 act, then the
+/// tunnel ([`connection`]).
 pub(crate) fn serve(
     shared: Arc<Shared>,
     id: u64,
@@ -59,14 +57,34 @@ pub(crate) fn serve(
     peer: SocketAddr,
     admission: Admission,
 ) -> impl Future<Output = ()> {
+    // The L7 act runs in its own boxed future, built here so that the socket and the peer's
+    // address go into it, not into the connection's, and freed when it returns.
+    let l7 = Box::pin(l7(Arc::clone(&shared), Arc::clone(&listener), tcp, peer));
+    connection(shared, id, listener, admission, l7)
+}
+
+/// A connection's life after admission: its listener's first act (`act`: boxed, freed when
+/// it returns), then, if it opened one, the tunnel, for as long as the tunnel lives.
+///
+/// This future is most of what an idle tunnel costs (its task), so it holds only what the
+/// tunnel needs: what an async block captures it keeps for as long as it lives, and an async
+/// fn keeps each argument twice (rust-lang/rust#62958), hence a plain fn returning a block
+/// that captures the act's box, not its arguments. (An async fn also keeps every local that
+/// was ever borrowed until its end: the L7 act's state inline here, even with its parts
+/// boxed, cost 0.7 KB per idle tunnel; see docs/performance.md.)
+#[allow(clippy::manual_async_fn)] // an `async move` block on purpose (see above)
+pub(crate) fn connection<F>(
+    shared: Arc<Shared>,
+    id: u64,
+    listener: Arc<str>,
+    admission: Admission,
+    act: Pin<Box<F>>,
+) -> impl Future<Output = ()>
+where
+    F: Future<Output = Option<Ready>>,
+{
     async move {
-        // Held until the connection ends (named, so that the block captures it).
-        let _admission = admission;
         let _live = shared.stats.connection();
-        // The L7 act runs in its own boxed future, freed when it returns: the task then holds
-        // only what the tunnel needs for as long as it lives. (An async fn keeps every local
-        // that was ever borrowed until its end, so the L7 act's state inline here, even when
-        // its parts are boxed, cost 0.7 KB per idle tunnel; see docs/performance.md.)
         let Some(Ready {
             client,
             backend,
@@ -75,7 +93,7 @@ pub(crate) fn serve(
             metrics,
             active,
             source,
-        }) = Box::pin(l7(&shared, &listener, tcp, peer)).await
+        }) = act.await
         else {
             return;
         };
@@ -85,31 +103,36 @@ pub(crate) fn serve(
             started: Instant::now(),
         };
         let streams = Streams::of(client, backend);
-        tunnel(&shared, id, streams, guard, &options, metrics, origin).await;
+        tunnel(&shared, id, streams, guard, options, metrics, origin).await;
+        // Held until the connection ends: dropped here by name (a `let` would move it into a
+        // second slot of this future; the block keeps what it captured anyway).
+        drop(admission);
     }
 }
 
-/// What the L7 act hands to the L4 act.
-struct Ready {
-    client: ClientStream,
-    backend: BackendStream,
-    guard: BackendGuard,
-    options: RelayOptions,
-    metrics: TunnelMetrics,
+/// What a listener's first act (L7 for `http`, the ClientHello for `tls-passthrough`) hands
+/// to the tunnel.
+pub(crate) struct Ready {
+    pub(crate) client: ClientStream,
+    pub(crate) backend: BackendStream,
+    pub(crate) guard: BackendGuard,
+    pub(crate) options: Arc<RelayOptions>,
+    pub(crate) metrics: TunnelMetrics,
     /// The listener's active-connections gauge, held until the connection ends.
-    active: Option<GaugeGuard>,
+    pub(crate) active: Option<GaugeGuard>,
     /// The client's place in its source's count, held until the connection ends.
-    source: Option<crate::sources::SourceGuard>,
+    pub(crate) source: Option<Box<crate::sources::SourceGuard>>,
 }
 
 /// The L7 act of one connection: TLS, the handshake (or plain HTTP until an upgrade), the
 /// backend's 101. `None` when the connection ended here (answered, rejected, stopped).
 async fn l7(
-    shared: &Arc<Shared>,
-    listener: &str,
+    shared: Arc<Shared>,
+    listener: Arc<str>,
     mut tcp: TcpStream,
     peer: SocketAddr,
 ) -> Option<Ready> {
+    let (shared, listener) = (&shared, &*listener);
     let accepted_at = Instant::now();
     let snapshot = shared.snapshot.load_full();
     let listener_metrics = snapshot.listener(listener).map(|l| l.metrics().clone());
@@ -208,7 +231,7 @@ async fn l7(
         Ok(Handshake::Upgraded { guard, pool, .. }) => TunnelMetrics::of(&snapshot, *pool, guard),
         _ => None,
     };
-    let relay_options = relay_options(snapshot.config());
+    let relay_options = Arc::clone(snapshot.relay_options());
     let sockets = crate::health::TunnelSockets::of(snapshot.config());
     drop(snapshot);
     // `outcome` is moved out whole before the tunnel's await, so the future does not keep its
@@ -526,25 +549,24 @@ pub(crate) async fn connect(
     }))
 }
 
-/// What a tunnel relays.
+/// What a tunnel relays. Boxed: the tunnel's future keeps what it was given for as long as it
+/// lives, so it is given 16 bytes, and the streams move out of the box when the relay starts.
 pub(crate) enum Streams {
-    /// Two plain sockets, spliced: a binary upgrade can hand the tunnel over.
-    Splice(TcpStream, TcpStream),
-    /// A spliced tunnel that already moved bytes, handed over by a predecessor. Boxed: it is
-    /// held only until its relay starts, and inline it would widen every tunnel's future.
-    Resumed(Box<Suspended>),
+    /// Two plain sockets, spliced: a binary upgrade can hand the tunnel over. New (nothing
+    /// moved yet) or handed over by a predecessor (bytes in flight, counts, timers).
+    Splice(Box<Suspended>),
     /// TLS on a side (terminated from the client, originated to the backend): bytes are
     /// encrypted or decrypted in user space, so the tunnel copies, and stays in this process.
-    Copy(ClientStream, BackendStream),
+    Copy(Box<(ClientStream, BackendStream)>),
 }
 
 impl Streams {
     pub(crate) fn of(client: ClientStream, backend: BackendStream) -> Self {
         match (client, backend) {
             (ClientStream::Plain(client), BackendStream::Plain(backend)) => {
-                Self::Splice(client, backend)
+                Self::Splice(Box::new(Suspended::new(client, backend)))
             }
-            (client, backend) => Self::Copy(client, backend),
+            (client, backend) => Self::Copy(Box::new((client, backend))),
         }
     }
 }
@@ -569,47 +591,41 @@ pub(crate) fn tunnel<'a>(
     id: u64,
     streams: Streams,
     guard: BackendGuard,
-    options: &'a RelayOptions,
+    options: Arc<RelayOptions>,
     metrics: TunnelMetrics,
     origin: Origin<'a>,
 ) -> impl Future<Output = ()> + 'a {
     async move {
         let _tunnel = shared.stats.tunnel();
         let _active = GaugeGuard::new(&metrics.backend.tunnels_active);
-        // Drain (a reload removed the backend) or shutdown closes the tunnel through its
-        // registration, which also lets the metrics count its bytes while it lives.
-        let bytes = Arc::new(match &streams {
-            Streams::Resumed(t) => Bytes::continued(
+        // Drain (a reload removed the backend), shutdown and binary upgrades stop the tunnel
+        // through its registration, which also lets the metrics count its bytes while it lives.
+        let live = Arc::new(match &streams {
+            Streams::Splice(t) => Live::continued(
                 metrics.backend.clone(),
                 t.client_to_backend.delivered(),
                 t.backend_to_client.delivered(),
             ),
-            Streams::Splice(..) | Streams::Copy(..) => Bytes::new(metrics.backend.clone()),
+            Streams::Copy(_) => Live::new(metrics.backend.clone()),
         });
         let mut tunnel = match streams {
-            Streams::Splice(client, backend) => Suspended::new(client, backend),
-            Streams::Resumed(tunnel) => *tunnel,
-            Streams::Copy(client, backend) => {
+            Streams::Splice(tunnel) => tunnel,
+            Streams::Copy(pair) => {
+                let (client, backend) = unbox(pair);
                 let registration = shared.tunnels.register(
                     id,
                     Arc::clone(guard.backend()),
-                    Arc::clone(&bytes),
-                    &shared.stop_tunnels,
+                    Arc::clone(&live),
                     Portability::Never,
                 );
-                // Pinned here and lent to the relay: moved into it, it would be held twice
-                // (once as an argument, once pinned), for as long as the tunnel lives.
-                let report = {
-                    let mut stop = std::pin::pin!(registration.closed());
-                    sluice_splice::relay_copy(
-                        client,
-                        backend,
-                        options,
-                        &bytes.traffic,
-                        stop.as_mut(),
-                    )
-                    .await
-                };
+                let report = sluice_splice::relay_copy(
+                    client,
+                    backend,
+                    &options,
+                    &live.traffic,
+                    live.stopped(),
+                )
+                .await;
                 drop(registration);
                 return closed(&metrics, &guard, origin, &report);
             }
@@ -619,24 +635,20 @@ pub(crate) fn tunnel<'a>(
             let registration = shared.tunnels.register(
                 id,
                 Arc::clone(guard.backend()),
-                Arc::clone(&bytes),
-                &shared.stop_tunnels,
+                Arc::clone(&live),
                 portability,
             );
             // Scoped so that the relay's result does not stay in the future while the verdict
             // is awaited.
             let verdict = {
-                let relayed = {
-                    let mut stop = std::pin::pin!(registration.stopped());
-                    sluice_splice::resume(
-                        tunnel,
-                        options,
-                        &shared.pipes,
-                        &bytes.traffic,
-                        stop.as_mut(),
-                    )
-                    .await
-                };
+                let relayed = sluice_splice::resume(
+                    unbox(tunnel),
+                    &options,
+                    &shared.pipes,
+                    &live.traffic,
+                    live.stopped(),
+                )
+                .await;
                 let suspended = match relayed {
                     Relayed::Closed(report) => break report,
                     Relayed::Suspended(suspended) => suspended,
@@ -654,13 +666,24 @@ pub(crate) fn tunnel<'a>(
                     return;
                 }
                 Err(back) => {
-                    tunnel = back;
+                    // Rare (a handoff gave it back): boxed again, to be unboxed above.
+                    #[allow(clippy::replace_box)] // the box was moved out of: nothing to reuse
+                    {
+                        tunnel = Box::new(back);
+                    }
                     portability = Portability::Returned;
                 }
             }
         };
         closed(&metrics, &guard, origin, &report);
     }
+}
+
+/// The value of a box, the box freed now (`*boxed` would keep the allocation until the box
+/// variable's scope ends: for a tunnel, its whole life).
+#[allow(clippy::boxed_local)] // taking the box is the point
+fn unbox<T>(boxed: Box<T>) -> T {
+    *boxed
 }
 
 /// Counts and logs a closed tunnel.
@@ -680,19 +703,6 @@ fn closed(metrics: &TunnelMetrics, guard: &BackendGuard, origin: Origin<'_>, rep
         duration = ?report.duration,
         "tunnel closed"
     );
-}
-
-pub(crate) fn relay_options(config: &sluice_config::Config) -> RelayOptions {
-    RelayOptions {
-        mode: match config.relay.mode {
-            sluice_config::RelayMode::Auto => sluice_splice::RelayMode::Auto,
-            sluice_config::RelayMode::Splice => sluice_splice::RelayMode::Splice,
-            sluice_config::RelayMode::Copy => sluice_splice::RelayMode::Copy,
-        },
-        buffer_size: config.relay.buffer_size,
-        idle_timeout: config.timeouts.tunnel_idle,
-        half_closed_timeout: config.timeouts.half_closed,
-    }
 }
 
 /// Writes bytes the client must see before anything else; a client that cannot take them is gone.
@@ -838,11 +848,14 @@ mod tests {
 
     /// An idle tunnel's memory is mostly its connection task: pin the size of the future
     /// `serve` returns, so that an L7 change cannot grow every idle tunnel unnoticed (a local
-    /// kept across the tunnel's await, an async fn holding its arguments twice). Measured
-    /// 1,456 bytes (dev profile, x86_64; 1,256 before the per-source guard, the listener's slot
-    /// and the backend stream that may be TLS joined it, 1,424 before the tunnel's origin for a
-    /// binary upgrade, 32 bytes, did); it was 2,048 with the L7 act inline,
-    /// when massif counted 3,266 bytes per connection task (docs/performance.md).
+    /// kept across the tunnel's await, an async fn holding its arguments twice, a value an
+    /// async block captured and then moved). tokio lays a task out in 128-byte steps (its
+    /// header and the future's cell are cache-line aligned), so bytes count by the step: a
+    /// future of up to 872 bytes (release) makes a task of 1,152, one of 873 a task of 1,280.
+    /// Measured 856 bytes (dev profile, x86_64; 840 in release); 1,456 before the hand-written
+    /// relay future, the registry's stop signal and the captures trimmed (task: 1,792 bytes);
+    /// 2,048 with the L7 act inline, when massif counted 3,266 bytes per connection task
+    /// (docs/performance.md).
     #[tokio::test]
     async fn serve_future_size_is_pinned() {
         let server = one_listener_server();
@@ -857,8 +870,8 @@ mod tests {
         let serve = serve(Arc::clone(&shared), 1, Arc::from("a"), tcp, peer, admission);
         let size = std::mem::size_of_val(&serve);
         assert!(
-            size <= 1460,
-            "the connection future grew to {size} bytes (pinned at 1,460)"
+            size <= 864,
+            "the connection future grew to {size} bytes (pinned at 864)"
         );
     }
 

@@ -522,7 +522,12 @@ fn adopt_one(
 
 /// An adopted tunnel's task: counted as a connection of its listener and a tunnel of its
 /// backend, like one accepted here.
-async fn run_adopted(shared: Arc<Shared>, adopted: Adopted) {
+///
+/// Not an `async fn` (it would keep the adopted tunnel twice, rust-lang/rust#62958): what it
+/// needs is prepared here and the block captures only what the tunnel keeps (see
+/// `conn::connection`).
+#[allow(clippy::manual_async_fn)] // an `async move` block on purpose (see above)
+fn run_adopted(shared: Arc<Shared>, adopted: Adopted) -> impl Future<Output = ()> {
     let Adopted {
         meta,
         tunnel,
@@ -530,36 +535,33 @@ async fn run_adopted(shared: Arc<Shared>, adopted: Adopted) {
         pool,
     } = adopted;
     let snapshot = shared.snapshot.load_full();
-    let _live = shared.stats.connection();
-    let _active = snapshot
+    let active = snapshot
         .listener(&meta.listener)
         .map(|l| GaugeGuard::new(&l.metrics().active));
     // Under the connection limit when there is room; over it rather than dropped.
-    let _permit = Arc::clone(&shared.connections).try_acquire_owned().ok();
+    let permit = Arc::clone(&shared.connections).try_acquire_owned().ok();
     let guard = backend.acquire();
     let metrics = TunnelMetrics::of(&snapshot, pool, &guard)
         .unwrap_or_else(|| TunnelMetrics::unlisted(&guard));
-    let options = conn::relay_options(snapshot.config());
+    let options = Arc::clone(snapshot.relay_options());
     drop(snapshot);
     let id = shared
         .next_conn_id
         .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     let now = Instant::now();
-    let origin = Origin {
-        listener: &meta.listener,
-        started: now
-            .checked_sub(Duration::from_millis(meta.age_ms))
-            .unwrap_or(now),
-    };
+    let started = now
+        .checked_sub(Duration::from_millis(meta.age_ms))
+        .unwrap_or(now);
     debug!(backend = %meta.backend, client = %meta.client, "relaying an adopted tunnel");
-    conn::tunnel(
-        &shared,
-        id,
-        Streams::Resumed(Box::new(tunnel)),
-        guard,
-        &options,
-        metrics,
-        origin,
-    )
-    .await;
+    let listener = meta.listener;
+    let streams = Streams::Splice(Box::new(tunnel));
+    async move {
+        let _live = shared.stats.connection();
+        let origin = Origin {
+            listener: &listener,
+            started,
+        };
+        conn::tunnel(&shared, id, streams, guard, options, metrics, origin).await;
+        drop((active, permit));
+    }
 }

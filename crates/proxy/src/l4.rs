@@ -25,7 +25,7 @@ use tracing::debug;
 use crate::Shared;
 use crate::accept::Admission;
 use crate::client;
-use crate::conn::{self, Connected, GaugeGuard, TunnelMetrics};
+use crate::conn::{self, Connected, GaugeGuard, Ready, TunnelMetrics};
 use crate::pool::Dial;
 use crate::snapshot::canonical;
 use crate::stream::ClientStream;
@@ -33,23 +33,38 @@ use crate::stream::ClientStream;
 /// First read of a ClientHello; most fit (a post-quantum key share makes them ~1.8 KB).
 const FIRST_READ: usize = 4096;
 
-/// Runs one admitted connection of a `tcp` or `tls-passthrough` listener to its end.
-pub(crate) async fn serve(
+/// Runs one admitted connection of a `tcp` or `tls-passthrough` listener to its end: the
+/// listener's act (boxed, freed when the tunnel starts), then the tunnel (`conn::connection`).
+pub(crate) fn serve(
     shared: Arc<Shared>,
     id: u64,
     listener: Arc<str>,
+    client: TcpStream,
+    peer: SocketAddr,
+    admission: Admission,
+) -> impl Future<Output = ()> {
+    let act = Box::pin(open(
+        Arc::clone(&shared),
+        Arc::clone(&listener),
+        client,
+        peer,
+    ));
+    conn::connection(shared, id, listener, admission, act)
+}
+
+/// The L4 listener's act: the client, the ClientHello (pass-through), the pick, the connect,
+/// the first bytes. `None` when the connection ended here.
+async fn open(
+    shared: Arc<Shared>,
+    listener: Arc<str>,
     mut client: TcpStream,
     peer: SocketAddr,
-    _admission: Admission,
-) {
+) -> Option<Ready> {
     let accepted_at = Instant::now();
-    let _live = shared.stats.connection();
     let snapshot = shared.snapshot.load_full();
-    let Some(runtime) = snapshot.listener(&listener) else {
-        return;
-    };
+    let runtime = snapshot.listener(&listener)?;
     let metrics = runtime.metrics().clone();
-    let _active = GaugeGuard::new(&metrics.active);
+    let active = GaugeGuard::new(&metrics.active);
     let mode = runtime.config().mode;
     let config = snapshot.config();
 
@@ -58,7 +73,7 @@ pub(crate) async fn serve(
     let admitted = client::admit(&shared, config, runtime, &mut client, peer, accepted_at);
     // Held to the end: the connection's place in its source's count.
     let Ok(admitted) = Box::pin(admitted).await else {
-        return;
+        return None;
     };
     let addrs = admitted.addrs;
 
@@ -67,7 +82,7 @@ pub(crate) async fn serve(
         let deadline = Instant::now() + config.timeouts.handshake;
         let read = tokio::select! {
             read = read_client_hello(&mut client, config.limits.max_head_bytes, deadline) => read,
-            () = shared.stop_tunnels.cancelled() => return,
+            () = shared.stop_tunnels.cancelled() => return None,
         };
         match read {
             Ok(read) => read,
@@ -75,7 +90,7 @@ pub(crate) async fn serve(
                 shared.stats.count_rejected();
                 metrics.handshake("rejected", None);
                 debug!(reason, "not a routable ClientHello: closed");
-                return;
+                return None;
             }
         }
     } else {
@@ -90,11 +105,9 @@ pub(crate) async fn serve(
             sni = sni.as_deref().unwrap_or(""),
             "no pool for this server name: closed"
         );
-        return;
+        return None;
     };
-    let Some(pool) = snapshot.pool(pool_index) else {
-        return;
-    };
+    let pool = snapshot.pool(pool_index)?;
 
     // Picked and connected.
     let key = pool
@@ -114,7 +127,7 @@ pub(crate) async fn serve(
     };
     let connected = tokio::select! {
         connected = conn::connect(pool, &dial, affinity, config.timeouts.connect) => connected,
-        () = shared.stop_tunnels.cancelled() => return,
+        () = shared.stop_tunnels.cancelled() => return None,
     };
     let Connected {
         stream: mut backend,
@@ -127,7 +140,7 @@ pub(crate) async fn serve(
             shared.stats.count_backend_failed();
             metrics.handshake("backend_failed", None);
             tracing::warn!(reason = error.label(), %error, "no backend connection: closed");
-            return;
+            return None;
         }
     };
     if let Some(pool_metrics) = snapshot.pool_metrics(pool_index) {
@@ -147,13 +160,13 @@ pub(crate) async fn serve(
     if !first.is_empty() && backend.write_all(&first).await.is_err() {
         shared.stats.count_backend_failed();
         metrics.handshake("backend_failed", None);
-        return;
+        return None;
     }
     drop((first, hello));
 
     let tunnel_metrics = TunnelMetrics::of(&snapshot, pool_index, &guard)
         .unwrap_or_else(|| TunnelMetrics::unlisted(&guard));
-    let relay_options = conn::relay_options(config);
+    let relay_options = Arc::clone(snapshot.relay_options());
     let sockets = crate::health::TunnelSockets::of(config);
     drop(snapshot);
 
@@ -165,21 +178,15 @@ pub(crate) async fn serve(
         .record(accepted_at.elapsed().as_secs_f64());
     sockets.apply(&client, backend.tcp());
     debug!(backend = %guard.addr(), sni = sni.as_deref().unwrap_or(""), "relaying");
-    let origin = conn::Origin {
-        listener: &listener,
-        started: Instant::now(),
-    };
-    let streams = conn::Streams::of(ClientStream::Plain(client), backend);
-    conn::tunnel(
-        &shared,
-        id,
-        streams,
+    Some(Ready {
+        client: ClientStream::Plain(client),
+        backend,
         guard,
-        &relay_options,
-        tunnel_metrics,
-        origin,
-    )
-    .await;
+        options: relay_options,
+        metrics: tunnel_metrics,
+        active: Some(active),
+        source: admitted.into_source(),
+    })
 }
 
 /// Reads until the buffer holds a whole ClientHello: its bytes (to replay, with anything the

@@ -136,8 +136,8 @@ pub(crate) struct Shared {
     pub(crate) max_connections: usize,
     /// Per-source limits: live connections and new-connection buckets by client address.
     pub(crate) sources: Arc<sources::Sources>,
-    /// Cancelled when everything must end now (the shutdown deadline passed): tunnels still
-    /// open and handshakes still in flight.
+    /// Cancelled when everything must end now (the shutdown deadline passed): handshakes still
+    /// in flight (tunnels are closed through their registry, `Tunnels::close_all`).
     pub(crate) stop_tunnels: CancellationToken,
     /// Live tunnels, for drain and shutdown.
     pub(crate) tunnels: Tunnels,

@@ -9,6 +9,7 @@ use sluice_balance::{Backend, Pool};
 use sluice_config::{Config, HostMatch, Listener, ListenerTls};
 use sluice_handshake::Router;
 use sluice_metrics::{BackendMetrics, ListenerMetrics, PoolMetrics};
+use sluice_splice::RelayOptions;
 use sluice_tls::{
     CertificateFiles, NamePattern, ServerCertificates, SniMap, Upstream, UpstreamSettings,
     WildcardDepth,
@@ -35,6 +36,8 @@ pub struct Snapshot {
     /// Certificates that could not be loaded: the snapshot must not go live (start and reload
     /// refuse it).
     tls_errors: Vec<String>,
+    /// How this generation's tunnels relay; each tunnel keeps the options it started with.
+    relay: Arc<RelayOptions>,
 }
 
 /// One listener's compiled routing.
@@ -169,6 +172,7 @@ impl Snapshot {
             .iter()
             .map(|p| SourceAddrs::new(&p.name, &p.source_addrs))
             .collect();
+        let relay = Arc::new(relay_options(&config));
         Self {
             generation,
             config,
@@ -178,7 +182,13 @@ impl Snapshot {
             listeners,
             upstreams,
             tls_errors,
+            relay,
         }
+    }
+
+    /// How this generation's tunnels relay.
+    pub(crate) fn relay_options(&self) -> &Arc<RelayOptions> {
+        &self.relay
     }
 
     /// TLS to the backends of the pool at a router's index (`None`: plain TCP).
@@ -383,5 +393,19 @@ pub(crate) fn canonical(ip: std::net::IpAddr) -> std::net::IpAddr {
     match ip {
         std::net::IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(ip, std::net::IpAddr::V4),
         v4 => v4,
+    }
+}
+
+/// The relay options of a configuration.
+fn relay_options(config: &Config) -> RelayOptions {
+    RelayOptions {
+        mode: match config.relay.mode {
+            sluice_config::RelayMode::Auto => sluice_splice::RelayMode::Auto,
+            sluice_config::RelayMode::Splice => sluice_splice::RelayMode::Splice,
+            sluice_config::RelayMode::Copy => sluice_splice::RelayMode::Copy,
+        },
+        buffer_size: config.relay.buffer_size,
+        idle_timeout: config.timeouts.tunnel_idle,
+        half_closed_timeout: config.timeouts.half_closed,
     }
 }

@@ -4,21 +4,26 @@
 //! they live.
 //!
 //! A tunnel registers when its relay starts and is removed when it ends (RAII). Each entry holds
-//! the tunnel's own stop token, its backend, its live byte counters and what of them was
-//! published. The registry is sharded by tunnel id so the two brief lock holds per tunnel
-//! lifetime (insert, remove) do not contend; nothing touches it per relayed byte. Drain,
-//! shutdown and the publisher (every few seconds) scan it whole.
+//! the tunnel's backend and its [`Live`] state, shared with the tunnel's task: the live byte
+//! counters, what of them was published, and the stop signal (an atomic and the task's waker:
+//! a few dozen bytes in the allocation the counters need anyway, where a cancellation token
+//! per tunnel cost a tree node of its own and a 72-byte wait in every idle tunnel's future).
+//! The registry is sharded by tunnel id so the two brief lock holds per tunnel lifetime
+//! (insert, remove) do not contend; nothing touches it per relayed byte. Drain, shutdown and
+//! the publisher (every few seconds) scan it whole.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::task::{Context, Poll};
 use std::time::Duration;
 
+use futures_util::task::AtomicWaker;
 use sluice_balance::Backend;
 use sluice_metrics::BackendMetrics;
 use sluice_splice::{Stop, Traffic};
 use tokio::time::Instant;
-use tokio_util::sync::CancellationToken;
 use tracing::{debug, info};
 
 const SHARDS: usize = 16;
@@ -27,25 +32,32 @@ const SHARDS: usize = 16;
 #[derive(Debug)]
 struct Entry {
     backend: Arc<Backend>,
-    stop: CancellationToken,
-    bytes: Arc<Bytes>,
+    live: Arc<Live>,
     /// Spliced (two plain sockets): a successor process can take it over.
     portable: bool,
-    /// Its stop signal asks it to suspend (a binary upgrade), not to close. Set with the
-    /// signal and read when the tunnel acts on it, however late: a handoff that ended
-    /// meanwhile gives the tunnel back, never closes it.
-    suspend: bool,
 }
 
-/// A tunnel's byte counters (moved by the relay) and how much of them the metrics have.
+/// What a live tunnel shares with the registry: its byte counters (moved by the relay), how
+/// much of them the metrics have, and its stop signal.
 #[derive(Debug)]
-pub(crate) struct Bytes {
+pub(crate) struct Live {
     pub(crate) traffic: Traffic,
     metrics: Arc<BackendMetrics>,
     published: [AtomicU64; 2],
+    /// What the tunnel was asked to do since it registered: `RUNNING`, `CLOSE` or `SUSPEND`.
+    /// Only ever raised while registered: a suspension asked wins over a close asked, however
+    /// late the tunnel acts (a handoff that ended meanwhile gives the tunnel back, never
+    /// closes it).
+    asked: AtomicU8,
+    /// The task relaying the tunnel, woken when it is asked.
+    waker: AtomicWaker,
 }
 
-impl Bytes {
+const RUNNING: u8 = 0;
+const CLOSE: u8 = 1;
+const SUSPEND: u8 = 2;
+
+impl Live {
     pub(crate) fn new(metrics: Arc<BackendMetrics>) -> Self {
         Self::continued(metrics, 0, 0)
     }
@@ -68,7 +80,26 @@ impl Bytes {
                 AtomicU64::new(client_to_backend),
                 AtomicU64::new(backend_to_client),
             ],
+            asked: AtomicU8::new(RUNNING),
+            waker: AtomicWaker::new(),
         }
+    }
+
+    /// Resolves when drain or shutdown asks the tunnel to close ([`Stop::Close`]), or a binary
+    /// upgrade to suspend it ([`Stop::Suspend`]: asked of portable tunnels only).
+    pub(crate) fn stopped(&self) -> Stopped<'_> {
+        Stopped { live: self }
+    }
+
+    /// Asks the tunnel to close (`CLOSE`) or suspend (`SUSPEND`), and wakes its task.
+    fn ask(&self, what: u8) {
+        self.asked.fetch_max(what, Ordering::AcqRel);
+        self.waker.wake();
+    }
+
+    /// Whether the tunnel was asked to suspend.
+    fn asked_to_suspend(&self) -> bool {
+        self.asked.load(Ordering::Acquire) == SUSPEND
     }
 
     /// Adds what moved since the last publication to the byte counters. Safe to race with
@@ -101,6 +132,8 @@ pub(crate) struct Tunnels {
     /// A binary upgrade is handing tunnels over: a portable tunnel told to stop suspends
     /// instead of closing, and one registered meanwhile is told at once.
     suspending: AtomicBool,
+    /// Shutdown is closing every tunnel: one registered from now on is told at once.
+    closing: AtomicBool,
 }
 
 /// Whether a binary upgrade can take a tunnel over.
@@ -120,78 +153,75 @@ pub(crate) enum Portability {
 pub(crate) struct Registration<'a> {
     tunnels: &'a Tunnels,
     id: u64,
-    stop: CancellationToken,
-    portable: bool,
-}
-
-impl Registration<'_> {
-    /// Resolves when drain or shutdown asks this tunnel to close ([`Stop::Close`]), or a binary
-    /// upgrade to suspend it ([`Stop::Suspend`], portable tunnels only).
-    pub(crate) async fn stopped(&self) -> Stop {
-        self.stop.cancelled().await;
-        let suspend = self.portable
-            && self
-                .tunnels
-                .shard(self.id)
-                .get(&self.id)
-                .is_some_and(|e| e.suspend);
-        if suspend { Stop::Suspend } else { Stop::Close }
-    }
-
-    /// Resolves when drain or shutdown asks this tunnel to close.
-    pub(crate) fn closed(&self) -> tokio_util::sync::WaitForCancellationFuture<'_> {
-        self.stop.cancelled()
-    }
 }
 
 impl Drop for Registration<'_> {
     fn drop(&mut self) {
         if let Some(entry) = self.tunnels.shard(self.id).remove(&self.id) {
-            entry.bytes.publish();
+            entry.live.publish();
         }
     }
 }
 
+/// The future of [`Live::stopped`]: one reference, polled before every relay step
+/// (an atomic load, and the waker registered without a lock).
+#[derive(Debug)]
+pub(crate) struct Stopped<'a> {
+    live: &'a Live,
+}
+
+impl Future for Stopped<'_> {
+    type Output = Stop;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Stop> {
+        let asked = |live: &Live| match live.asked.load(Ordering::Acquire) {
+            RUNNING => None,
+            SUSPEND => Some(Stop::Suspend),
+            _ => Some(Stop::Close),
+        };
+        if let Some(stop) = asked(self.live) {
+            return Poll::Ready(stop);
+        }
+        self.live.waker.register(cx.waker());
+        // Asked between the load and the registration: that ask's wake may have missed it.
+        asked(self.live).map_or(Poll::Pending, Poll::Ready)
+    }
+}
+
 impl Tunnels {
-    /// Registers tunnel `id` to `backend`, its bytes counted in `bytes`. Its stop signal is a
-    /// child of `parent` (the server's shutdown token), so a tunnel waits on one token, not two.
-    /// A [`Portability::Portable`] tunnel registered while tunnels are being suspended is told
-    /// at once.
+    /// Registers tunnel `id` to `backend`, sharing `live` with it (its counters and stop
+    /// signal). A [`Portability::Portable`] tunnel registered while tunnels are being
+    /// suspended is told at once, and any tunnel registered while shutdown closes them all.
     pub(crate) fn register(
         &self,
         id: u64,
         backend: Arc<Backend>,
-        bytes: Arc<Bytes>,
-        parent: &CancellationToken,
+        live: Arc<Live>,
         portability: Portability,
     ) -> Registration<'_> {
-        let stop = parent.child_token();
         let portable = portability != Portability::Never;
+        // A tunnel given back by a handoff registers again with its state: what it was asked
+        // then is answered.
+        live.asked.store(RUNNING, Ordering::Release);
         let mut shard = self.shard(id);
-        // Under the shard lock: either `suspend_portable` sees the entry, or this sees its
-        // flag.
-        let suspend =
-            portability == Portability::Portable && self.suspending.load(Ordering::Acquire);
+        // Under the shard lock: either `suspend_portable` (or `close_all`) sees the entry, or
+        // this sees its flag.
+        if portability == Portability::Portable && self.suspending.load(Ordering::Acquire) {
+            live.ask(SUSPEND);
+        }
+        if self.closing.load(Ordering::Acquire) {
+            live.ask(CLOSE);
+        }
         shard.insert(
             id,
             Entry {
                 backend,
-                stop: stop.clone(),
-                bytes,
+                live,
                 portable,
-                suspend,
             },
         );
         drop(shard);
-        if suspend {
-            stop.cancel();
-        }
-        Registration {
-            tunnels: self,
-            id,
-            stop,
-            portable,
-        }
+        Registration { tunnels: self, id }
     }
 
     /// Tells every portable tunnel, and each one registered until [`Tunnels::end_suspending`],
@@ -200,16 +230,17 @@ impl Tunnels {
         self.suspending.store(true, Ordering::Release);
         let mut asked = Vec::new();
         for shard in &self.shards {
-            for entry in lock(shard).values_mut().filter(|e| e.portable) {
-                entry.suspend = true;
-                asked.push(entry.stop.clone());
-            }
+            asked.extend(
+                lock(shard)
+                    .values()
+                    .filter(|e| e.portable)
+                    .map(|e| Arc::clone(&e.live)),
+            );
         }
-        let n = asked.len();
-        for stop in asked {
-            stop.cancel();
+        for live in &asked {
+            live.ask(SUSPEND);
         }
-        n
+        asked.len()
     }
 
     /// Tunnels registered from now on are not asked to suspend (those already asked still
@@ -223,19 +254,24 @@ impl Tunnels {
     pub(crate) fn asked(&self) -> usize {
         self.shards
             .iter()
-            .map(|s| lock(s).values().filter(|e| e.suspend).count())
+            .map(|s| {
+                lock(s)
+                    .values()
+                    .filter(|e| e.live.asked_to_suspend())
+                    .count()
+            })
             .sum()
     }
 
     /// Publishes the bytes every live tunnel moved since the last time.
     pub(crate) fn publish_bytes(&self) {
-        let mut live: Vec<Arc<Bytes>> = Vec::new();
+        let mut live: Vec<Arc<Live>> = Vec::new();
         for shard in &self.shards {
-            live.extend(lock(shard).values().map(|e| Arc::clone(&e.bytes)));
+            live.extend(lock(shard).values().map(|e| Arc::clone(&e.live)));
         }
         // Counted outside the locks.
-        for bytes in live {
-            bytes.publish();
+        for tunnel in live {
+            tunnel.publish();
         }
     }
 
@@ -244,19 +280,19 @@ impl Tunnels {
         self.shards.iter().map(|s| lock(s).len()).sum()
     }
 
-    /// Stop tokens of the live tunnels that `filter` selects, oldest first.
-    fn select(&self, filter: impl Fn(&Entry) -> bool) -> Vec<CancellationToken> {
-        let mut chosen: Vec<(u64, CancellationToken)> = Vec::new();
+    /// The live tunnels that `filter` selects, oldest first.
+    fn select(&self, filter: impl Fn(&Entry) -> bool) -> Vec<Arc<Live>> {
+        let mut chosen: Vec<(u64, Arc<Live>)> = Vec::new();
         for shard in &self.shards {
             chosen.extend(
                 lock(shard)
                     .iter()
                     .filter(|(_, e)| filter(e))
-                    .map(|(id, e)| (*id, e.stop.clone())),
+                    .map(|(id, e)| (*id, Arc::clone(&e.live))),
             );
         }
         chosen.sort_unstable_by_key(|(id, _)| *id);
-        chosen.into_iter().map(|(_, stop)| stop).collect()
+        chosen.into_iter().map(|(_, live)| live).collect()
     }
 
     /// Closes the live tunnels to `backend`, oldest first, spread evenly over `spread`.
@@ -270,8 +306,10 @@ impl Tunnels {
         n
     }
 
-    /// Closes every live tunnel, oldest first, spread evenly over `spread`.
+    /// Closes every live tunnel, oldest first, spread evenly over `spread`, and each one
+    /// registered from now on at once (shutdown).
     pub(crate) async fn close_all(&self, spread: Duration) -> usize {
+        self.closing.store(true, Ordering::Release);
         let victims = self.select(|_| true);
         let n = victims.len();
         close_spread(victims, spread).await;
@@ -285,18 +323,18 @@ impl Tunnels {
     }
 }
 
-/// Cancels each token at its slot: the i-th of n at `start + spread × i / n`, so the first goes
-/// at once and the closes are even over the window (never all at once: clients reconnect
-/// somewhere, and a burst of reconnects is an outage of its own).
-async fn close_spread(victims: Vec<CancellationToken>, spread: Duration) {
+/// Asks each tunnel to close at its slot: the i-th of n at `start + spread × i / n`, so the
+/// first goes at once and the closes are even over the window (never all at once: clients
+/// reconnect somewhere, and a burst of reconnects is an outage of its own).
+async fn close_spread(victims: Vec<Arc<Live>>, spread: Duration) {
     let start = Instant::now();
     let n = victims.len() as u32;
-    for (i, stop) in (0u32..).zip(victims) {
+    for (i, live) in (0u32..).zip(victims) {
         if n > 1 {
             tokio::time::sleep_until(start + spread * i / n).await;
         }
         debug!(tunnel = i, "closing");
-        stop.cancel();
+        live.ask(CLOSE);
     }
 }
 
@@ -316,28 +354,26 @@ mod tests {
         ))
     }
 
-    fn counters() -> Arc<Bytes> {
-        Arc::new(Bytes::new(Arc::new(BackendMetrics::new("p", "b"))))
+    fn live() -> Arc<Live> {
+        Arc::new(Live::new(Arc::new(BackendMetrics::new("p", "b"))))
+    }
+
+    /// Whether the tunnel of `live` was asked to stop (without waiting).
+    fn asked(live: &Live) -> Option<Stop> {
+        let mut stopped = std::pin::pin!(live.stopped());
+        let mut cx = Context::from_waker(std::task::Waker::noop());
+        match stopped.as_mut().poll(&mut cx) {
+            Poll::Ready(stop) => Some(stop),
+            Poll::Pending => None,
+        }
     }
 
     #[test]
     fn registrations_come_and_go() {
         let tunnels = Tunnels::default();
         let b = backend(1);
-        let r1 = tunnels.register(
-            1,
-            Arc::clone(&b),
-            counters(),
-            &CancellationToken::new(),
-            Portability::Portable,
-        );
-        let r2 = tunnels.register(
-            2,
-            Arc::clone(&b),
-            counters(),
-            &CancellationToken::new(),
-            Portability::Never,
-        );
+        let r1 = tunnels.register(1, Arc::clone(&b), live(), Portability::Portable);
+        let r2 = tunnels.register(2, Arc::clone(&b), live(), Portability::Never);
         assert_eq!(tunnels.len(), 2);
         drop(r1);
         assert_eq!(tunnels.len(), 1);
@@ -350,37 +386,69 @@ mod tests {
         use Portability::{Never, Portable, Returned};
         let tunnels = Tunnels::default();
         let b = backend(1);
-        let parent = CancellationToken::new();
-        let plain = tunnels.register(1, Arc::clone(&b), counters(), &parent, Portable);
-        let tls = tunnels.register(2, Arc::clone(&b), counters(), &parent, Never);
+        let (plain_live, tls_live) = (live(), live());
+        let plain = tunnels.register(1, Arc::clone(&b), Arc::clone(&plain_live), Portable);
+        let tls = tunnels.register(2, Arc::clone(&b), Arc::clone(&tls_live), Never);
         assert_eq!(tunnels.suspend_portable(), 1);
         assert_eq!(tunnels.asked(), 1);
-        assert_eq!(plain.stopped().await, Stop::Suspend);
-        assert!(!tls.stop.is_cancelled(), "a TLS tunnel stays");
-        let late = tunnels.register(3, Arc::clone(&b), counters(), &parent, Portable);
-        assert_eq!(late.stopped().await, Stop::Suspend);
+        assert_eq!(plain_live.stopped().await, Stop::Suspend);
+        assert_eq!(asked(&tls_live), None, "a TLS tunnel stays");
+        let late_live = live();
+        let late = tunnels.register(3, Arc::clone(&b), Arc::clone(&late_live), Portable);
+        assert_eq!(late_live.stopped().await, Stop::Suspend);
         assert_eq!(tunnels.asked(), 2);
         tunnels.end_suspending();
-        // Asked before the handoff ended: still a suspension (the tunnel is given back).
-        assert_eq!(plain.stopped().await, Stop::Suspend);
+        // Asked before the handoff ended: still a suspension (the tunnel is given back), even
+        // when a close is asked too.
+        plain_live.ask(CLOSE);
+        assert_eq!(plain_live.stopped().await, Stop::Suspend);
         drop((plain, late));
-        // Given back during the handoff: not asked again by it.
-        let back = tunnels.register(4, Arc::clone(&b), counters(), &parent, Returned);
-        assert!(!back.stop.is_cancelled());
+        // Given back during the handoff: registered again with the same state, not asked
+        // again by it.
+        let back = tunnels.register(4, Arc::clone(&b), Arc::clone(&plain_live), Returned);
+        assert_eq!(asked(&plain_live), None);
         assert_eq!(tunnels.asked(), 0);
         // Told to stop by a drain or a shutdown: it closes.
-        back.stop.cancel();
-        assert_eq!(back.stopped().await, Stop::Close);
-        let after = tunnels.register(5, b, counters(), &parent, Portable);
-        assert!(!after.stop.is_cancelled());
+        plain_live.ask(CLOSE);
+        assert_eq!(plain_live.stopped().await, Stop::Close);
+        let after_live = live();
+        let after = tunnels.register(5, b, Arc::clone(&after_live), Portable);
+        assert_eq!(asked(&after_live), None);
         drop((tls, back, after));
         assert_eq!(tunnels.len(), 0);
     }
 
+    #[tokio::test]
+    async fn an_ask_wakes_the_waiting_task_and_shutdown_closes_late_registrations() {
+        let tunnels = Arc::new(Tunnels::default());
+        let b = backend(1);
+        let waiting = live();
+        let registration = tunnels.register(
+            1,
+            Arc::clone(&b),
+            Arc::clone(&waiting),
+            Portability::Portable,
+        );
+        let task = tokio::spawn({
+            let waiting = Arc::clone(&waiting);
+            async move { waiting.stopped().await }
+        });
+        tokio::task::yield_now().await;
+        assert!(!task.is_finished(), "not asked yet");
+        assert_eq!(tunnels.close_all(Duration::ZERO).await, 1);
+        assert_eq!(task.await.unwrap(), Stop::Close);
+        drop(registration);
+        // Shutdown closes tunnels registered after its sweep at once.
+        let late = live();
+        let late_registration = tunnels.register(2, b, Arc::clone(&late), Portability::Portable);
+        assert_eq!(asked(&late), Some(Stop::Close));
+        drop(late_registration);
+    }
+
     #[test]
     fn bytes_are_published_once_however_publications_interleave() {
-        let bytes = counters();
-        let published = |b: &Bytes| b.published[0].load(Ordering::Relaxed);
+        let bytes = live();
+        let published = |b: &Live| b.published[0].load(Ordering::Relaxed);
         bytes
             .traffic
             .client_to_backend
@@ -410,24 +478,18 @@ mod tests {
         let regs: Vec<_> = [(40, &a), (3, &a), (17, &b), (21, &a), (5, &a)]
             .into_iter()
             .map(|(id, be)| {
-                (
-                    id,
-                    tunnels.register(
-                        id,
-                        Arc::clone(be),
-                        counters(),
-                        &CancellationToken::new(),
-                        Portability::Portable,
-                    ),
-                )
+                let live = live();
+                let registration =
+                    tunnels.register(id, Arc::clone(be), Arc::clone(&live), Portability::Portable);
+                (id, live, registration)
             })
             .collect();
         let start = Instant::now();
         let closed_at = Arc::new(Mutex::new(Vec::new()));
-        for (id, registration) in &regs {
-            let (id, stop, closed_at) = (*id, registration.stop.clone(), Arc::clone(&closed_at));
+        for (id, live, _) in &regs {
+            let (id, live, closed_at) = (*id, Arc::clone(live), Arc::clone(&closed_at));
             tokio::spawn(async move {
-                stop.cancelled().await;
+                live.stopped().await;
                 let secs = (Instant::now() - start).as_secs();
                 closed_at.lock().unwrap().push((id, secs));
             });
@@ -437,6 +499,6 @@ mod tests {
         let mut order = closed_at.lock().unwrap().clone();
         order.sort_unstable_by_key(|&(_, secs)| secs);
         assert_eq!(order, vec![(3, 0), (5, 2), (21, 4), (40, 6)]);
-        assert!(!regs[2].1.stop.is_cancelled(), "b's tunnel is untouched");
+        assert_eq!(asked(&regs[2].1), None, "b's tunnel is untouched");
     }
 }
