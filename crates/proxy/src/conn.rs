@@ -64,20 +64,24 @@ pub(crate) fn serve(
 }
 
 /// A connection's life after admission: its listener's first act (`act`: boxed, freed when
-/// it returns), then, if it opened one, the tunnel, for as long as the tunnel lives.
+/// it returns), then, if it opened one, the tunnel (the L4 act): relayed until both sides are
+/// done, or stopped, or handed over to a successor process (binary upgrade). `admission` is
+/// held to the end.
 ///
 /// This future is most of what an idle tunnel costs (its task), so it holds only what the
-/// tunnel needs: what an async block captures it keeps for as long as it lives, and an async
-/// fn keeps each argument twice (rust-lang/rust#62958), hence a plain fn returning a block
-/// that captures the act's box, not its arguments. (An async fn also keeps every local that
-/// was ever borrowed until its end: the L7 act's state inline here, even with its parts
-/// boxed, cost 0.7 KB per idle tunnel; see docs/performance.md.)
+/// tunnel needs, in one async block: what a block captures it keeps for as long as it lives
+/// (a nested block for the tunnel kept its own copies of the server, the id and the listener,
+/// and its stream pair), and an async fn keeps each argument twice (rust-lang/rust#62958),
+/// hence a plain fn returning a block that captures the act's box, not its arguments. (An
+/// async fn also keeps every local that was ever borrowed until its end: the L7 act's state
+/// inline here, even with its parts boxed, cost 0.7 KB per idle tunnel; see
+/// docs/performance.md.)
 #[allow(clippy::manual_async_fn)] // an `async move` block on purpose (see above)
-pub(crate) fn connection<F>(
+pub(crate) fn connection<F, A>(
     shared: Arc<Shared>,
     id: u64,
     listener: Arc<str>,
-    admission: Admission,
+    admission: A,
     act: Pin<Box<F>>,
 ) -> impl Future<Output = ()>
 where
@@ -86,8 +90,8 @@ where
     async move {
         let _live = shared.stats.connection();
         let Some(Ready {
-            client,
-            backend,
+            streams,
+            started,
             guard,
             options,
             metrics,
@@ -98,14 +102,86 @@ where
             return;
         };
         let (_active, _source) = (active, source);
-        let origin = Origin {
-            listener: &listener,
-            started: Instant::now(),
+        let _tunnel = shared.stats.tunnel();
+        // Drain (a reload removed the backend), shutdown and binary upgrades stop the tunnel
+        // through its registration, which also lets the metrics count its bytes while it lives.
+        // (Not `match &streams`: a local ever borrowed keeps its slot for the tunnel's life.)
+        let (streams, [client_to_backend, backend_to_client]) = streams.with_delivered();
+        let live = Arc::new(Live::continued(
+            metrics.backend.clone(),
+            client_to_backend,
+            backend_to_client,
+        ));
+        // (Not `match streams`: a local partly moved out of keeps its slot too.)
+        let mut tunnel = match streams.into_splice() {
+            Ok(tunnel) => tunnel,
+            Err(pair) => {
+                let (client, backend) = unbox(pair);
+                let registration = shared.tunnels.register(
+                    id,
+                    Arc::clone(guard.backend()),
+                    Arc::clone(&live),
+                    Portability::Never,
+                );
+                let report = sluice_splice::relay_copy(
+                    client,
+                    backend,
+                    &options,
+                    &live.traffic,
+                    live.stopped(),
+                )
+                .await;
+                drop(registration);
+                return closed(&metrics, &guard, Origin::at(&listener, started), &report);
+            }
         };
-        let streams = Streams::of(client, backend);
-        tunnel(&shared, id, streams, guard, options, metrics, origin).await;
-        // Held until the connection ends: dropped here by name (a `let` would move it into a
-        // second slot of this future; the block keeps what it captured anyway).
+        let mut portability = Portability::Portable;
+        let report = loop {
+            let registration = shared.tunnels.register(
+                id,
+                Arc::clone(guard.backend()),
+                Arc::clone(&live),
+                portability,
+            );
+            // Scoped so that the relay's result does not stay in the future while the verdict
+            // is awaited.
+            let verdict = {
+                let relayed = sluice_splice::resume(
+                    unbox(tunnel),
+                    &options,
+                    &shared.pipes,
+                    &live.traffic,
+                    live.stopped(),
+                )
+                .await;
+                let suspended = match relayed {
+                    Relayed::Closed(report) => break report,
+                    Relayed::Suspended(suspended) => suspended,
+                };
+                let meta =
+                    crate::handoff::describe(&suspended, &guard, Origin::at(&listener, started));
+                // Queued before leaving the registry: a handoff that finds no tunnel still
+                // asked to suspend in the registry has every suspended one in its queue.
+                let backend = Arc::clone(guard.backend());
+                crate::handoff::hand_over(&shared, meta, backend, suspended)
+            };
+            drop(registration);
+            match verdict.await {
+                Ok(()) => {
+                    debug!(backend = %guard.addr(), "tunnel handed over");
+                    return;
+                }
+                Err(back) => {
+                    // Rare (a handoff gave it back): boxed again, to be unboxed above.
+                    #[allow(clippy::replace_box)] // the box was moved out of: nothing to reuse
+                    {
+                        tunnel = Box::new(back);
+                    }
+                    portability = Portability::Returned;
+                }
+            }
+        };
+        closed(&metrics, &guard, Origin::at(&listener, started), &report);
         drop(admission);
     }
 }
@@ -113,13 +189,14 @@ where
 /// What a listener's first act (L7 for `http`, the ClientHello for `tls-passthrough`) hands
 /// to the tunnel.
 pub(crate) struct Ready {
-    pub(crate) client: ClientStream,
-    pub(crate) backend: BackendStream,
+    pub(crate) streams: Streams,
+    /// When the tunnel's relay started (in the first process that relayed it).
+    pub(crate) started: Instant,
     pub(crate) guard: BackendGuard,
     pub(crate) options: Arc<RelayOptions>,
     pub(crate) metrics: TunnelMetrics,
     /// The listener's active-connections gauge, held until the connection ends.
-    pub(crate) active: Option<GaugeGuard>,
+    pub(crate) active: GaugeGuard,
     /// The client's place in its source's count, held until the connection ends.
     pub(crate) source: Option<Box<crate::sources::SourceGuard>>,
 }
@@ -138,7 +215,7 @@ async fn l7(
     let listener_metrics = snapshot.listener(listener).map(|l| l.metrics().clone());
     let active = listener_metrics
         .as_ref()
-        .map(|m| GaugeGuard::new(&m.active));
+        .map_or_else(GaugeGuard::none, |m| GaugeGuard::new(&m.active));
     // The client: the PROXY header's source when the listener takes one; per-source limits.
     let runtime = snapshot.listener(listener)?;
     let is_tls = runtime.tls().is_some();
@@ -283,8 +360,8 @@ async fn l7(
     sockets.apply(client.tcp(), backend.tcp());
     let metrics = tunnel_metrics.unwrap_or_else(|| TunnelMetrics::unlisted(&guard));
     Some(Ready {
-        client,
-        backend,
+        streams: Streams::of(client, backend),
+        started: Instant::now(),
         guard,
         options: relay_options,
         metrics,
@@ -561,6 +638,28 @@ pub(crate) enum Streams {
 }
 
 impl Streams {
+    /// The streams, and the bytes they delivered each way before this process relays them
+    /// (a tunnel handed over by a predecessor), client to backend first.
+    fn with_delivered(self) -> (Self, [u64; 2]) {
+        let delivered = match &self {
+            Self::Splice(t) => [
+                t.client_to_backend.delivered(),
+                t.backend_to_client.delivered(),
+            ],
+            Self::Copy(_) => [0, 0],
+        };
+        (self, delivered)
+    }
+
+    /// The tunnel to splice, or the streams to copy.
+    #[allow(clippy::type_complexity)] // the two variants' payloads, as they are
+    fn into_splice(self) -> Result<Box<Suspended>, Box<(ClientStream, BackendStream)>> {
+        match self {
+            Self::Splice(tunnel) => Ok(tunnel),
+            Self::Copy(pair) => Err(pair),
+        }
+    }
+
     pub(crate) fn of(client: ClientStream, backend: BackendStream) -> Self {
         match (client, backend) {
             (ClientStream::Plain(client), BackendStream::Plain(backend)) => {
@@ -571,7 +670,8 @@ impl Streams {
     }
 }
 
-/// Where a tunnel came from, for a successor that takes it over.
+/// Where a tunnel came from, for a successor that takes it over. Built where it is used
+/// (kept, it would be one more slot in every tunnel's future).
 #[derive(Clone, Copy)]
 pub(crate) struct Origin<'a> {
     /// The listener that accepted its client.
@@ -580,102 +680,9 @@ pub(crate) struct Origin<'a> {
     pub(crate) started: Instant,
 }
 
-/// The L4 act: relay until both sides are done, or the tunnel is stopped, or handed over to a
-/// successor process (binary upgrade).
-///
-/// Not an `async fn`, whose arguments would each be held twice by its future
-/// (rust-lang/rust#62958): this future lives as long as the tunnel, idle or not.
-#[allow(clippy::manual_async_fn)] // an `async move` block on purpose (see above)
-pub(crate) fn tunnel<'a>(
-    shared: &'a Shared,
-    id: u64,
-    streams: Streams,
-    guard: BackendGuard,
-    options: Arc<RelayOptions>,
-    metrics: TunnelMetrics,
-    origin: Origin<'a>,
-) -> impl Future<Output = ()> + 'a {
-    async move {
-        let _tunnel = shared.stats.tunnel();
-        let _active = GaugeGuard::new(&metrics.backend.tunnels_active);
-        // Drain (a reload removed the backend), shutdown and binary upgrades stop the tunnel
-        // through its registration, which also lets the metrics count its bytes while it lives.
-        let live = Arc::new(match &streams {
-            Streams::Splice(t) => Live::continued(
-                metrics.backend.clone(),
-                t.client_to_backend.delivered(),
-                t.backend_to_client.delivered(),
-            ),
-            Streams::Copy(_) => Live::new(metrics.backend.clone()),
-        });
-        let mut tunnel = match streams {
-            Streams::Splice(tunnel) => tunnel,
-            Streams::Copy(pair) => {
-                let (client, backend) = unbox(pair);
-                let registration = shared.tunnels.register(
-                    id,
-                    Arc::clone(guard.backend()),
-                    Arc::clone(&live),
-                    Portability::Never,
-                );
-                let report = sluice_splice::relay_copy(
-                    client,
-                    backend,
-                    &options,
-                    &live.traffic,
-                    live.stopped(),
-                )
-                .await;
-                drop(registration);
-                return closed(&metrics, &guard, origin, &report);
-            }
-        };
-        let mut portability = Portability::Portable;
-        let report = loop {
-            let registration = shared.tunnels.register(
-                id,
-                Arc::clone(guard.backend()),
-                Arc::clone(&live),
-                portability,
-            );
-            // Scoped so that the relay's result does not stay in the future while the verdict
-            // is awaited.
-            let verdict = {
-                let relayed = sluice_splice::resume(
-                    unbox(tunnel),
-                    &options,
-                    &shared.pipes,
-                    &live.traffic,
-                    live.stopped(),
-                )
-                .await;
-                let suspended = match relayed {
-                    Relayed::Closed(report) => break report,
-                    Relayed::Suspended(suspended) => suspended,
-                };
-                let meta = crate::handoff::describe(&suspended, &guard, origin);
-                // Queued before leaving the registry: a handoff that finds no tunnel still
-                // asked to suspend in the registry has every suspended one in its queue.
-                let backend = Arc::clone(guard.backend());
-                crate::handoff::hand_over(shared, meta, backend, suspended)
-            };
-            drop(registration);
-            match verdict.await {
-                Ok(()) => {
-                    debug!(backend = %guard.addr(), "tunnel handed over");
-                    return;
-                }
-                Err(back) => {
-                    // Rare (a handoff gave it back): boxed again, to be unboxed above.
-                    #[allow(clippy::replace_box)] // the box was moved out of: nothing to reuse
-                    {
-                        tunnel = Box::new(back);
-                    }
-                    portability = Portability::Returned;
-                }
-            }
-        };
-        closed(&metrics, &guard, origin, &report);
+impl<'a> Origin<'a> {
+    pub(crate) fn at(listener: &'a str, started: Instant) -> Self {
+        Self { listener, started }
     }
 }
 
@@ -822,6 +829,12 @@ impl GaugeGuard {
         gauge.increment(1.0);
         Self(gauge.clone())
     }
+
+    /// A guard of no gauge (a listener a snapshot no longer lists): 16 bytes like any other,
+    /// where an `Option` of a guard takes 24.
+    pub(crate) fn none() -> Self {
+        Self(sluice_metrics::Gauge::noop())
+    }
 }
 
 impl Drop for GaugeGuard {
@@ -849,11 +862,12 @@ mod tests {
     /// An idle tunnel's memory is mostly its connection task: pin the size of the future
     /// `serve` returns, so that an L7 change cannot grow every idle tunnel unnoticed (a local
     /// kept across the tunnel's await, an async fn holding its arguments twice, a value an
-    /// async block captured and then moved). tokio lays a task out in 128-byte steps (its
-    /// header and the future's cell are cache-line aligned), so bytes count by the step: a
-    /// future of up to 872 bytes (release) makes a task of 1,152, one of 873 a task of 1,280.
-    /// Measured 856 bytes (dev profile, x86_64; 840 in release); 1,456 before the hand-written
-    /// relay future, the registry's stop signal and the captures trimmed (task: 1,792 bytes);
+    /// async block captured, borrowed or partly moved out of: each keeps its slot). tokio lays
+    /// a task out in 128-byte steps (its header and the future's cell are cache-line aligned),
+    /// so bytes count by the step: a future of up to 744 bytes (release) makes a task of
+    /// 1,024, one of 745 a task of 1,152. Measured 752 bytes (dev profile, x86_64; 736 in
+    /// release, every listener kind and adopted tunnels alike); 1,456 before the hand-written
+    /// relay future, the registry's stop signal and the trimmed captures (task: 1,792 bytes);
     /// 2,048 with the L7 act inline, when massif counted 3,266 bytes per connection task
     /// (docs/performance.md).
     #[tokio::test]
@@ -870,8 +884,8 @@ mod tests {
         let serve = serve(Arc::clone(&shared), 1, Arc::from("a"), tcp, peer, admission);
         let size = std::mem::size_of_val(&serve);
         assert!(
-            size <= 864,
-            "the connection future grew to {size} bytes (pinned at 864)"
+            size <= 752,
+            "the connection future grew to {size} bytes (pinned at 752)"
         );
     }
 

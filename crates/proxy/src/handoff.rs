@@ -36,7 +36,7 @@ use tokio::time::Instant;
 use tracing::{debug, info, warn};
 
 use crate::Shared;
-use crate::conn::{self, GaugeGuard, Origin, Streams, TunnelMetrics};
+use crate::conn::{self, GaugeGuard, Origin, Ready, Streams, TunnelMetrics};
 
 /// A handoff's verdict on a suspended tunnel: `Err` gives it back to resume here.
 type Verdict = Result<(), Suspended>;
@@ -521,12 +521,8 @@ fn adopt_one(
 }
 
 /// An adopted tunnel's task: counted as a connection of its listener and a tunnel of its
-/// backend, like one accepted here.
-///
-/// Not an `async fn` (it would keep the adopted tunnel twice, rust-lang/rust#62958): what it
-/// needs is prepared here and the block captures only what the tunnel keeps (see
-/// `conn::connection`).
-#[allow(clippy::manual_async_fn)] // an `async move` block on purpose (see above)
+/// backend, like one accepted here (`conn::connection`, with a first act that has nothing
+/// left to do).
 fn run_adopted(shared: Arc<Shared>, adopted: Adopted) -> impl Future<Output = ()> {
     let Adopted {
         meta,
@@ -537,7 +533,7 @@ fn run_adopted(shared: Arc<Shared>, adopted: Adopted) -> impl Future<Output = ()
     let snapshot = shared.snapshot.load_full();
     let active = snapshot
         .listener(&meta.listener)
-        .map(|l| GaugeGuard::new(&l.metrics().active));
+        .map_or_else(GaugeGuard::none, |l| GaugeGuard::new(&l.metrics().active));
     // Under the connection limit when there is room; over it rather than dropped.
     let permit = Arc::clone(&shared.connections).try_acquire_owned().ok();
     let guard = backend.acquire();
@@ -549,19 +545,18 @@ fn run_adopted(shared: Arc<Shared>, adopted: Adopted) -> impl Future<Output = ()
         .next_conn_id
         .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     let now = Instant::now();
-    let started = now
-        .checked_sub(Duration::from_millis(meta.age_ms))
-        .unwrap_or(now);
     debug!(backend = %meta.backend, client = %meta.client, "relaying an adopted tunnel");
-    let listener = meta.listener;
-    let streams = Streams::Splice(Box::new(tunnel));
-    async move {
-        let _live = shared.stats.connection();
-        let origin = Origin {
-            listener: &listener,
-            started,
-        };
-        conn::tunnel(&shared, id, streams, guard, options, metrics, origin).await;
-        drop((active, permit));
-    }
+    let ready = Ready {
+        streams: Streams::Splice(Box::new(tunnel)),
+        started: now
+            .checked_sub(Duration::from_millis(meta.age_ms))
+            .unwrap_or(now),
+        guard,
+        options,
+        metrics,
+        active,
+        source: None,
+    };
+    let act = Box::pin(std::future::ready(Some(ready)));
+    conn::connection(shared, id, Arc::from(meta.listener), permit, act)
 }

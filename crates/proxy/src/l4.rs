@@ -179,12 +179,12 @@ async fn open(
     sockets.apply(&client, backend.tcp());
     debug!(backend = %guard.addr(), sni = sni.as_deref().unwrap_or(""), "relaying");
     Some(Ready {
-        client: ClientStream::Plain(client),
-        backend,
+        streams: conn::Streams::of(ClientStream::Plain(client), backend),
+        started: Instant::now(),
         guard,
         options: relay_options,
         metrics: tunnel_metrics,
-        active: Some(active),
+        active,
         source: admitted.into_source(),
     })
 }

@@ -58,10 +58,6 @@ const CLOSE: u8 = 1;
 const SUSPEND: u8 = 2;
 
 impl Live {
-    pub(crate) fn new(metrics: Arc<BackendMetrics>) -> Self {
-        Self::continued(metrics, 0, 0)
-    }
-
     /// Counters of a tunnel that moved these bytes before (in the process that handed it
     /// over, which published them): they go on from there, and only what moves here is
     /// published here.
@@ -159,6 +155,7 @@ impl Drop for Registration<'_> {
     fn drop(&mut self) {
         if let Some(entry) = self.tunnels.shard(self.id).remove(&self.id) {
             entry.live.publish();
+            entry.live.metrics.tunnels_active.decrement(1.0);
         }
     }
 }
@@ -212,6 +209,9 @@ impl Tunnels {
         if self.closing.load(Ordering::Acquire) {
             live.ask(CLOSE);
         }
+        // The backend's `sluice_tunnels_active` counts registered tunnels (a guard of its own
+        // would be 16 more bytes in every tunnel's future).
+        live.metrics.tunnels_active.increment(1.0);
         shard.insert(
             id,
             Entry {
@@ -355,7 +355,11 @@ mod tests {
     }
 
     fn live() -> Arc<Live> {
-        Arc::new(Live::new(Arc::new(BackendMetrics::new("p", "b"))))
+        Arc::new(Live::continued(
+            Arc::new(BackendMetrics::new("p", "b")),
+            0,
+            0,
+        ))
     }
 
     /// Whether the tunnel of `live` was asked to stop (without waiting).

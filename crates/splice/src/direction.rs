@@ -52,13 +52,15 @@ pub(crate) const FULL_FILLS_TO_GROW: u8 = 2;
 pub(crate) struct Direction<'p> {
     from: Side,
     mode: RelayMode,
-    buffer_size: usize,
+    /// Sizes and offsets in the buffer are `u32` (a relay buffer is at most 4 GiB; sluice's at
+    /// most 1 MiB): 16 bytes less per direction, in every idle tunnel's task.
+    buffer_size: u32,
     pool: Option<&'p PipePool>,
     policy: Policy,
     /// The copy buffer, held only while bytes sit in it (`start..end`) or a read is under way.
     buf: Option<Buf>,
-    start: usize,
-    end: usize,
+    start: u32,
+    end: u32,
     /// The pipe, held only while splicing a burst.
     pipe: Option<PooledPipe<'p>>,
     /// The pool refused a pipe during this burst: copy until the source runs dry.
@@ -103,7 +105,7 @@ impl<'p> Direction<'p> {
         Self {
             from,
             mode,
-            buffer_size,
+            buffer_size: offset(buffer_size.max(1)),
             pool,
             policy: Policy::default(),
             buf: None,
@@ -148,7 +150,7 @@ impl<'p> Direction<'p> {
                 let mut buf = Buf::take(buffer_size.max(bytes.len()));
                 if let Some(room) = buf.as_mut_slice().get_mut(..bytes.len()) {
                     room.copy_from_slice(&bytes);
-                    dir.end = bytes.len();
+                    dir.end = offset(bytes.len());
                 }
                 dir.buf = Some(buf);
             }
@@ -165,7 +167,7 @@ impl<'p> Direction<'p> {
             None => {
                 let bytes = self.buf.take().and_then(|b| {
                     b.as_slice()
-                        .get(self.start..self.end)
+                        .get(at(self.start)..at(self.end))
                         .map(Pending::of_bytes)
                 });
                 bytes.unwrap_or_default()
@@ -410,7 +412,7 @@ impl<'p> Direction<'p> {
             let Some(chunk) = self
                 .buf
                 .as_ref()
-                .and_then(|b| b.as_slice().get(self.start..self.end))
+                .and_then(|b| b.as_slice().get(at(self.start)..at(self.end)))
             else {
                 break;
             };
@@ -421,7 +423,7 @@ impl<'p> Direction<'p> {
                 }
                 Ok(n) => {
                     let n = n.min(chunk.len());
-                    self.start += n;
+                    self.start += offset(n);
                     delta.copied += widen(n);
                     self.need_flush = true;
                 }
@@ -442,7 +444,7 @@ impl<'p> Direction<'p> {
     where
         R: AsyncRead + Unpin + ?Sized,
     {
-        let size = self.buffer_size;
+        let size = at(self.buffer_size);
         let buf = self.buf.get_or_insert_with(|| Buf::take(size));
         let mut read = ReadBuf::new(buf.as_mut_slice());
         let polled = Pin::new(src).poll_read(cx, &mut read);
@@ -455,7 +457,7 @@ impl<'p> Direction<'p> {
             Poll::Ready(Err(e)) => Poll::Ready(Err(read_error(self.from, e))),
             Poll::Ready(Ok(())) => {
                 self.start = 0;
-                self.end = n;
+                self.end = offset(n);
                 if n == 0 {
                     self.buf = None;
                 }
@@ -473,7 +475,7 @@ impl<'p> Direction<'p> {
         delta.read = true;
         if self.mode == RelayMode::Auto {
             let before = self.policy.streamer();
-            self.policy.on_read(n, self.buffer_size);
+            self.policy.on_read(n, at(self.buffer_size));
             if self.policy.streamer() != before {
                 tracing::trace!(from = %self.from, splice = !before, "auto relay switched");
             }
@@ -611,6 +613,17 @@ fn interrupted(e: &io::Error) -> bool {
 /// `usize` → `u64`, lossless on every target Rust supports (pointers are at most 64 bits).
 fn widen(n: usize) -> u64 {
     n as u64
+}
+
+/// A buffer offset or size as the direction keeps it. Buffers are never 4 GiB (sizes are
+/// capped here, and a buffer holds at most one read or one suspended buffer's bytes).
+fn offset(n: usize) -> u32 {
+    u32::try_from(n).unwrap_or(u32::MAX)
+}
+
+/// A kept offset or size as an index.
+fn at(n: u32) -> usize {
+    n as usize
 }
 
 #[cfg(test)]
