@@ -103,10 +103,10 @@ where
         };
         let (_active, _source) = (active, source);
         let _tunnel = shared.stats.tunnel();
-        // Drain (a reload removed the backend), shutdown and binary upgrades stop the tunnel
-        // through its registration, which also lets the metrics count its bytes while it lives.
         // (Not `match &streams`: a local ever borrowed keeps its slot for the tunnel's life.)
         let (streams, [client_to_backend, backend_to_client]) = streams.with_delivered();
+        // Drain (a reload removed the backend), shutdown and binary upgrades stop the tunnel
+        // through its registration, which also lets the metrics count its bytes while it lives.
         let live = Arc::new(Live::continued(
             metrics.backend.clone(),
             client_to_backend,
