@@ -7,7 +7,7 @@
 //! the tunnel's backend and its [`Live`] state, shared with the tunnel's task: the live byte
 //! counters, what of them was published, and the stop signal (an atomic and the task's waker:
 //! a few dozen bytes in the allocation the counters need anyway, where a cancellation token
-//! per tunnel cost a tree node of its own and a 72-byte wait in every idle tunnel's future).
+//! per tunnel cost a tree node of its own and a 96-byte wait in every idle tunnel's future).
 //! The registry is sharded by tunnel id so the two brief lock holds per tunnel lifetime
 //! (insert, remove) do not contend; nothing touches it per relayed byte. Drain, shutdown and
 //! the publisher (every few seconds) scan it whole.

@@ -95,7 +95,7 @@ pin_project_lite::pin_project! {
     /// Not an `async` block: a tunnel's future is most of an idle tunnel's memory, and an
     /// async block keeps, besides what it captured, every local it ever pinned or lent to a
     /// closure (the stop signal a second time, the timeout, a closure of references to each of
-    /// its locals): 760 bytes where this struct is what it says
+    /// its locals): 760 bytes in release, where this struct is what it says, 528
     /// (`relay_futures_are_send_and_small` pins the size).
     ///
     /// `poll_dir` polls one direction with the right pair of streams (by [`Direction::from`]);
