@@ -253,10 +253,12 @@ where
             }
 
             if let Some(timeout) = this.limits.idle {
-                if c2b_active || b2c_active {
+                let active = c2b_active || b2c_active;
+                if active {
                     *this.last_active = Instant::now();
                 }
-                if this.idle.is_none() {
+                let arming = this.idle.is_none();
+                if arming {
                     // The timer is lazy: activity only records the time; when the timer fires
                     // early because of it, it is pushed to `last activity + timeout`.
                     this.idle
@@ -265,7 +267,18 @@ where
                             None => sleep(timeout),
                         }));
                 }
-                if let Some(mut timer) = this.idle.as_mut().as_pin_mut() {
+                // Polled when just armed, when it fired, and on polls that moved nothing. A poll
+                // that moved bytes has nothing to check (the tunnel is not idle) and, while the
+                // timer has not fired, nothing to register: it holds this task's waker from the
+                // poll that armed or pushed it, and polling it again would clone that waker
+                // (tokio's timer does not compare wakers). A fired timer is pushed at once,
+                // active or not: nothing else would wake a tunnel that falls silent.
+                let timer = this
+                    .idle
+                    .as_mut()
+                    .as_pin_mut()
+                    .filter(|timer| arming || !active || timer.is_elapsed());
+                if let Some(mut timer) = timer {
                     while timer.as_mut().poll(cx).is_ready() {
                         let Some(deadline) = this.last_active.checked_add(timeout) else {
                             break; // beyond the end of time: never idle

@@ -514,6 +514,37 @@ async fn idle_timeout_closes_a_quiet_tunnel_in(mode: RelayMode) {
         .unwrap();
 }
 
+/// Traffic with no pause at all outlives the idle timer (which fires, and finds the tunnel busy,
+/// on polls that also move bytes); silence afterwards still closes the tunnel a timeout after
+/// the last bytes. (A relay that looked at its timer only on quiet polls left it fired and
+/// unarmed here, and the silent tunnel stayed open.)
+#[tokio::test]
+async fn idle_timeout_closes_a_tunnel_that_fell_silent_after_busy_traffic() {
+    let idle = Duration::from_millis(400);
+    for mode in [RelayMode::Copy, RelayMode::Splice] {
+        let opts = RelayOptions {
+            mode,
+            idle_timeout: Some(idle),
+            ..RelayOptions::default()
+        };
+        let mut t = Tunnel::start(opts, pool()).await;
+        let busy = Instant::now();
+        while busy.elapsed() < idle * 3 {
+            ping(&mut t.client, &mut t.server, b"ping").await;
+            ping(&mut t.server, &mut t.client, b"pong").await;
+        }
+        assert!(!t.relay.is_finished(), "{mode:?}: closed while active");
+        let silent = Instant::now();
+        let report = timeout(DEADLINE, t.relay).await.unwrap().unwrap();
+        assert_eq!(report.closed_by, CloseReason::IdleTimeout, "{mode:?}");
+        assert!(
+            silent.elapsed() >= idle / 2,
+            "{mode:?}: {:?}",
+            silent.elapsed()
+        );
+    }
+}
+
 #[tokio::test]
 async fn half_closed_timeout_closes_a_tunnel_whose_other_side_never_ends() {
     let limit = Duration::from_millis(300);
